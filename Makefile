@@ -1,0 +1,34 @@
+# fesim: two commands on a fresh machine.
+#   make demo   - synthetic QCT cohort, whole chain, results in demo_out/
+#   make test   - the test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-fast install bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/fesim demo --out demo_out
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(PY) benchmarks/solve.py
+	$(PY) benchmarks/mesh.py
+	$(PY) benchmarks/strength.py
+
+clean:
+	rm -rf demo_out .pytest_cache build *.egg-info

@@ -1,0 +1,45 @@
+"""Exceptions raised for bad input or unsolvable problems.
+
+Every error a user can cause derives from :class:`FesimError`; the CLI turns it into a
+one-line message on stderr and exit code 2.
+"""
+
+
+class FesimError(Exception):
+    """Base class of all user-facing fesim errors."""
+
+
+class InputError(FesimError):
+    """A file or folder given by the user cannot be used."""
+
+
+class DicomError(InputError):
+    """A DICOM series is missing, malformed, or not a usable CT series."""
+
+
+class NiftiError(InputError):
+    """A NIfTI image or label map cannot be used."""
+
+
+class CalibrationError(FesimError):
+    """HU to BMD calibration failed (rods not found, poor fit, ...)."""
+
+
+class SegmentationError(FesimError):
+    """The vertebra could not be segmented (empty mask, ...)."""
+
+
+class ScrewPlanError(FesimError):
+    """A screw trajectory cannot be planned or leaves the bone."""
+
+
+class MeshError(FesimError):
+    """Meshing failed or produced a mesh below the quality thresholds."""
+
+
+class ModelError(FesimError):
+    """A finite-element model is ill-posed (no supports, rigid-body motion, ...)."""
+
+
+class SolverError(FesimError):
+    """The linear solver failed (singular system, no convergence, ...)."""
