@@ -79,3 +79,45 @@ class TetMesh:
     def nodes_of(self, mask: np.ndarray) -> np.ndarray:
         """Sorted unique node ids used by the elements selected by boolean ``mask``."""
         return np.unique(self.cells[mask])
+
+
+# Kuhn subdivision of the unit cube into 6 positively oriented tetrahedra sharing the main
+# diagonal 0-7; neighbouring cubes' faces match, so the mesh is conforming.
+_CUBE = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0],
+                  [0, 0, 1], [1, 0, 1], [0, 1, 1], [1, 1, 1]])
+_KUHN = np.array([[0, 1, 3, 7], [0, 3, 2, 7], [0, 2, 6, 7],
+                  [0, 6, 4, 7], [0, 4, 5, 7], [0, 5, 1, 7]])
+
+
+def box_mesh(n, size, origin=(0.0, 0.0, 0.0), region: int = REGION_BONE) -> TetMesh:
+    """Structured tet4 mesh of a box: ``n = (nx, ny, nz)`` cubes, ``size`` in mm, 6 tets per cube."""
+    n = np.asarray(n, dtype=int)
+    size = np.asarray(size, dtype=float)
+    axes = [np.linspace(0, s, k + 1) for s, k in zip(size, n)]
+    X, Y, Z = np.meshgrid(*axes, indexing="ij")
+    points = np.column_stack([X.ravel(), Y.ravel(), Z.ravel()]) + np.asarray(origin, dtype=float)
+    ii, jj, kk = np.meshgrid(*[np.arange(k) for k in n], indexing="ij")
+    base = np.stack([ii.ravel(), jj.ravel(), kk.ravel()], axis=1)
+    corners = base[:, None, :] + _CUBE[None]  # (C, 8, 3)
+    ids = (corners[..., 0] * (n[1] + 1) + corners[..., 1]) * (n[2] + 1) + corners[..., 2]
+    cells = ids[:, _KUHN].reshape(-1, 4)
+    mesh = TetMesh(points, cells, np.full(len(cells), region))
+    vol = mesh.corner_volumes()
+    flip = vol < 0
+    mesh.cells[flip] = mesh.cells[flip][:, [0, 2, 1, 3]]
+    return mesh
+
+
+TET10_EDGES = np.array([[0, 1], [1, 2], [2, 0], [0, 3], [1, 3], [2, 3]])
+
+
+def to_quadratic(mesh: TetMesh) -> TetMesh:
+    """Tet10 mesh with straight edges: one shared mid-edge node per unique edge."""
+    if mesh.order == 2:
+        return mesh
+    c = mesh.cells.astype(np.int64)
+    e = np.sort(c[:, TET10_EDGES].reshape(-1, 2), axis=1)
+    uniq, inv = np.unique(e, axis=0, return_inverse=True)
+    mid = 0.5 * (mesh.points[uniq[:, 0]] + mesh.points[uniq[:, 1]])
+    cells10 = np.hstack([c, mesh.n_nodes + inv.reshape(-1, 6)])
+    return TetMesh(np.vstack([mesh.points, mid]), cells10, mesh.region, dict(mesh.info))

@@ -1,0 +1,164 @@
+"""Isoparametric tetrahedra (tet4, tet10) for isotropic linear elasticity.
+
+Node order (VTK, meshio and CalculiX C3D4/C3D10 agree): corners 0-3, then mid-edge nodes on
+edges (0,1), (1,2), (2,0), (0,3), (1,3), (2,3). Reference coordinates ``xi`` with barycentric
+``L = (1 - xi1 - xi2 - xi3, xi1, xi2, xi3)``.
+
+Element stiffness is built from shape-function gradients ``G[m, q, a, i] = dN_a/dx_i`` as
+
+    K[a i, b j] = sum_q w_q |J_q| (lam G_ai G_bj + mu (G_aj G_bi + delta_ij G_ak G_bk))
+
+with interleaved unknowns ``3 a + i``. The 4-point rule is exact for the tet10 stiffness of
+straight-sided elements (integrand of degree 2); tet4 uses one point (constant gradients).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import MeshError
+
+_EDGES = np.array([[0, 1], [1, 2], [2, 0], [0, 3], [1, 3], [2, 3]])
+
+# 4-point degree-2 rule on the reference tetrahedron (volume 1/6).
+_A, _B = 0.5854101966249685, 0.1381966011250105
+QUAD4 = (np.array([[_B, _B, _B], [_A, _B, _B], [_B, _A, _B], [_B, _B, _A]]), np.full(4, 1.0 / 24.0))
+QUAD1 = (np.array([[0.25, 0.25, 0.25]]), np.array([1.0 / 6.0]))
+
+
+def _barycentric(xi):
+    xi = np.atleast_2d(xi)
+    return np.column_stack([1.0 - xi.sum(axis=1), xi])
+
+
+def shape_values(n_nodes: int, xi) -> np.ndarray:
+    """Shape functions (Q, n) at reference points ``xi`` (Q, 3)."""
+    L = _barycentric(xi)
+    if n_nodes == 4:
+        return L
+    corner = L * (2.0 * L - 1.0)
+    edge = 4.0 * L[:, _EDGES[:, 0]] * L[:, _EDGES[:, 1]]
+    return np.hstack([corner, edge])
+
+
+def shape_ref_gradients(n_nodes: int, xi) -> np.ndarray:
+    """Reference gradients dN/dxi (Q, n, 3) at points ``xi`` (Q, 3)."""
+    L = _barycentric(xi)
+    dL = np.array([[-1.0, -1.0, -1.0], [1, 0, 0], [0, 1, 0], [0, 0, 1]])  # dL_a/dxi
+    Q = L.shape[0]
+    if n_nodes == 4:
+        return np.broadcast_to(dL, (Q, 4, 3)).copy()
+    dN = np.empty((Q, 10, 3))
+    dN[:, :4, :] = (4.0 * L - 1.0)[:, :, None] * dL[None]
+    a, b = _EDGES[:, 0], _EDGES[:, 1]
+    dN[:, 4:, :] = 4.0 * (L[:, a, None] * dL[None, b] + L[:, b, None] * dL[None, a])
+    return dN
+
+
+def quadrature(n_nodes: int):
+    """Default stiffness quadrature (points, weights) for the element type."""
+    return QUAD1 if n_nodes == 4 else QUAD4
+
+
+def gradients(points: np.ndarray, cells: np.ndarray, xi=None):
+    """Physical shape-function gradients and integration weights.
+
+    Parameters
+    ----------
+    points : (N, 3) float64, mm
+    cells : (M, 4) or (M, 10) int
+    xi : (Q, 3) reference points; defaults to the stiffness rule.
+
+    Returns
+    -------
+    G : (M, Q, n, 3) dN/dx in 1/mm
+    wdet : (M, Q) quadrature weight times |J| in mm^3 (zeros if ``xi`` is given without weights)
+
+    Raises
+    ------
+    MeshError
+        If any element has a non-positive Jacobian (inverted or degenerate).
+    """
+    n = cells.shape[1]
+    if xi is None:
+        xi, w = quadrature(n)
+    else:
+        w = np.zeros(len(xi))
+    dN = shape_ref_gradients(n, xi)  # (Q, n, 3)
+    X = points[cells]  # (M, n, 3)
+    J = np.einsum("mak,qaj->mqkj", X, dN)  # J[k, j] = dx_k / dxi_j
+    det = np.linalg.det(J)
+    if np.any(det <= 0):
+        bad = np.unique(np.nonzero(det <= 0)[0])
+        raise MeshError(f"{bad.size} element(s) have non-positive Jacobian (first: {bad[:5].tolist()})")
+    Jinv = np.linalg.inv(J)  # dxi_j / dx_k
+    G = np.einsum("qaj,mqjk->mqak", dN, Jinv)
+    return G, det * w[None, :]
+
+
+def lame(E, nu):
+    """Lamé parameters (MPa) from Young's modulus E (MPa) and Poisson's ratio."""
+    E = np.asarray(E, dtype=float)
+    nu = np.asarray(nu, dtype=float)
+    lam = E * nu / ((1.0 + nu) * (1.0 - 2.0 * nu))
+    mu = E / (2.0 * (1.0 + nu))
+    return lam, mu
+
+
+def stiffness_parts(G: np.ndarray, wdet: np.ndarray):
+    """Geometry-only stiffness parts ``K_lam`` and ``K_mu`` (M, 3n, 3n) so ``K = lam K_lam + mu K_mu``."""
+    M, Q, n, _ = G.shape
+    Gw = G * wdet[:, :, None, None]
+    k_lam = np.einsum("mqai,mqbj->maibj", Gw, G)
+    k_mu = np.einsum("mqaj,mqbi->maibj", Gw, G)
+    dot = np.einsum("mqak,mqbk->mab", Gw, G)
+    idx = np.arange(3)
+    k_mu[:, :, idx, :, idx] += dot[None, :, :, :]
+    return k_lam.reshape(M, 3 * n, 3 * n), k_mu.reshape(M, 3 * n, 3 * n)
+
+
+def element_stiffness(points, cells, E, nu) -> np.ndarray:
+    """Element stiffness matrices (M, 3n, 3n) in N/mm for per-element E (MPa) and nu."""
+    G, wdet = gradients(points, cells)
+    k_lam, k_mu = stiffness_parts(G, wdet)
+    lam, mu = lame(np.broadcast_to(E, (cells.shape[0],)), np.broadcast_to(nu, (cells.shape[0],)))
+    k_lam *= lam[:, None, None]
+    k_mu *= mu[:, None, None]
+    k_lam += k_mu
+    return k_lam
+
+
+def element_volumes(points, cells) -> np.ndarray:
+    """Element volumes (M,) in mm^3 (exact for straight or curved tet10 up to quadrature)."""
+    G, wdet = gradients(points, cells)
+    return wdet.sum(axis=1)
+
+
+def strains_at(points, cells, u, xi) -> np.ndarray:
+    """Small strains (M, Q, 6) in Voigt order xx, yy, zz, yz, xz, xy (engineering shear).
+
+    ``u`` is the nodal displacement array (N, 3) in mm; ``xi`` the reference points (Q, 3).
+    """
+    G, _ = gradients(points, cells, xi)
+    ue = u[cells]  # (M, n, 3)
+    H = np.einsum("mai,mqaj->mqij", ue, G)  # du_i/dx_j
+    eps = np.empty(H.shape[:2] + (6,))
+    eps[..., 0] = H[..., 0, 0]
+    eps[..., 1] = H[..., 1, 1]
+    eps[..., 2] = H[..., 2, 2]
+    eps[..., 3] = H[..., 1, 2] + H[..., 2, 1]
+    eps[..., 4] = H[..., 0, 2] + H[..., 2, 0]
+    eps[..., 5] = H[..., 0, 1] + H[..., 1, 0]
+    return eps
+
+
+def stress_from_strain(eps: np.ndarray, E, nu) -> np.ndarray:
+    """Isotropic Hooke's law in Voigt form; ``E``/``nu`` broadcast against ``eps[..., 0]``."""
+    lam, mu = lame(E, nu)
+    tr = eps[..., 0] + eps[..., 1] + eps[..., 2]
+    sig = np.empty_like(eps)
+    for c in range(3):
+        sig[..., c] = lam * tr + 2.0 * mu * eps[..., c]
+    for c in range(3, 6):
+        sig[..., c] = mu * eps[..., c]
+    return sig

@@ -1,0 +1,197 @@
+"""Linear-elastic FE model: mesh + materials + constraints + loads, and its static solve.
+
+Unknowns are interleaved, ``dof = 3 * node + component`` (component 0, 1, 2 = x, y, z).
+Prescribed displacements are eliminated: ``K_ff u_f = f_f - K_fc u_c``; reactions are
+``r = K u - f`` on the constrained unknowns.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.sparse.csgraph import connected_components
+import scipy.sparse as sp
+
+from ..errors import ModelError
+from ..mesh.tetmesh import TetMesh
+from .assembly import Assembler
+from .solvers import LinearSolver, SolveInfo, make_solver
+
+
+@dataclass
+class Model:
+    """A static linear-elastic problem.
+
+    Attributes
+    ----------
+    mesh : TetMesh
+    E : (M,) Young's modulus per element, MPa
+    nu : (M,) Poisson's ratio per element
+    bc_dofs : (K,) int64 constrained unknowns
+    bc_values : (K,) prescribed displacements, mm
+    forces : (3N,) external nodal forces, N
+    """
+
+    mesh: TetMesh
+    E: np.ndarray
+    nu: np.ndarray
+    bc_dofs: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    bc_values: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    forces: np.ndarray | None = None
+
+    def __post_init__(self):
+        M = self.mesh.n_elements
+        self.E = np.broadcast_to(np.asarray(self.E, dtype=float), (M,)).copy()
+        self.nu = np.broadcast_to(np.asarray(self.nu, dtype=float), (M,)).copy()
+        if np.any(self.E <= 0) or not np.all(np.isfinite(self.E)):
+            raise ModelError("every element needs a finite, positive Young's modulus")
+        if np.any((self.nu <= -1) | (self.nu >= 0.5)):
+            raise ModelError("Poisson's ratio must lie in (-1, 0.5)")
+        if self.forces is None:
+            self.forces = np.zeros(self.n_dofs)
+
+    @property
+    def n_dofs(self) -> int:
+        return 3 * self.mesh.n_nodes
+
+    def fix(self, nodes, components=(0, 1, 2), value=0.0) -> "Model":
+        """Prescribe displacement ``value`` (mm, scalar or per component) on ``nodes``."""
+        nodes = np.asarray(nodes, dtype=np.int64).ravel()
+        comps = np.asarray(components, dtype=np.int64)
+        vals = np.broadcast_to(np.asarray(value, dtype=float), comps.shape)
+        dofs = (3 * nodes[:, None] + comps[None, :]).ravel()
+        v = np.broadcast_to(vals[None, :], (nodes.size, comps.size)).ravel()
+        d = np.concatenate([self.bc_dofs, dofs])
+        vv = np.concatenate([self.bc_values, v])
+        # Later prescriptions win over earlier ones on the same unknown.
+        _, last = np.unique(d[::-1], return_index=True)
+        keep = np.sort(d.size - 1 - last)
+        self.bc_dofs, self.bc_values = d[keep], vv[keep]
+        return self
+
+    def add_force(self, nodes, force_vec) -> "Model":
+        """Spread a total force vector (N) equally over ``nodes``."""
+        nodes = np.asarray(nodes, dtype=np.int64).ravel()
+        f = np.asarray(force_vec, dtype=float) / max(nodes.size, 1)
+        np.add.at(self.forces, (3 * nodes[:, None] + np.arange(3)).ravel(), np.tile(f, nodes.size))
+        return self
+
+
+def rigid_body_modes(points: np.ndarray) -> np.ndarray:
+    """The six rigid-body modes (3N, 6): three translations and three rotations about the centroid."""
+    x = points - points.mean(axis=0)
+    n = len(points)
+    B = np.zeros((n, 3, 6))
+    B[:, 0, 0] = B[:, 1, 1] = B[:, 2, 2] = 1.0
+    B[:, 1, 3], B[:, 2, 3] = -x[:, 2], x[:, 1]
+    B[:, 0, 4], B[:, 2, 4] = x[:, 2], -x[:, 0]
+    B[:, 0, 5], B[:, 1, 5] = -x[:, 1], x[:, 0]
+    return B.reshape(3 * n, 6)
+
+
+def check_supported(model: Model) -> None:
+    """Raise :class:`ModelError` unless every connected part is held against rigid motion.
+
+    A part is held when the rigid-body modes restricted to its constrained unknowns have
+    rank 6 (no rigid motion leaves every constraint satisfied).
+    """
+    mesh = model.mesh
+    if model.bc_dofs.size == 0:
+        raise ModelError("the model has no displacement constraints: it is free to move as a rigid body")
+    used = np.unique(mesh.cells)
+    if used.size != mesh.n_nodes:
+        raise ModelError(f"{mesh.n_nodes - used.size} node(s) belong to no element")
+    M, n = mesh.cells.shape
+    rows = np.repeat(np.arange(M), n)
+    g = sp.csr_matrix((np.ones(M * n), (rows, mesh.cells.ravel())), shape=(M, mesh.n_nodes))
+    ncomp, lab = connected_components(g.T @ g, directed=False)
+    cnode = model.bc_dofs // 3
+    for c in range(ncomp):
+        nodes_c = np.nonzero(lab == c)[0]
+        sel = model.bc_dofs[lab[cnode] == c]
+        if sel.size < 6 and nodes_c.size > 1 or sel.size == 0:
+            raise ModelError(f"part {c} ({nodes_c.size} nodes) is not held against rigid-body motion")
+        B = rigid_body_modes(mesh.points[nodes_c])
+        local = np.full(mesh.n_nodes, -1)
+        local[nodes_c] = np.arange(nodes_c.size)
+        rowsB = 3 * local[sel // 3] + sel % 3
+        s = np.linalg.svd(B[rowsB], compute_uv=False)
+        scale = max(1.0, np.abs(mesh.points[nodes_c]).max())
+        if s.size < 6 or s[-1] < 1e-9 * scale * s[0]:
+            raise ModelError(f"part {c} ({nodes_c.size} nodes) is not held against rigid-body motion "
+                             "(constraints allow a translation or rotation)")
+
+
+@dataclass
+class Solution:
+    """Displacements (N, 3) in mm, reactions (3N,) in N, and solver information."""
+
+    u: np.ndarray
+    reactions: np.ndarray
+    info: SolveInfo
+    timings_s: dict = field(default_factory=dict)
+
+    def reaction_on(self, nodes) -> np.ndarray:
+        """Total reaction force vector (N) on the constrained unknowns of ``nodes``."""
+        nodes = np.asarray(nodes, dtype=np.int64)
+        return self.reactions.reshape(-1, 3)[nodes].sum(axis=0)
+
+
+class StaticProblem:
+    """Assembles and solves a model; keeps pattern and solver for repeated solves.
+
+    Use one instance for a sequence of solves with the same mesh and constraint set
+    (new moduli with :meth:`set_moduli`, new prescribed values with :meth:`solve`).
+    """
+
+    def __init__(self, model: Model, solver: str = "auto", rtol: float = 1e-8):
+        check_supported(model)
+        self.model = model
+        self.method = solver
+        self.rtol = rtol
+        t = time.perf_counter()
+        self.assembler = Assembler(model.mesh.points, model.mesh.cells)
+        self.timings = {"pattern": time.perf_counter() - t}
+        n = model.n_dofs
+        self.free = np.setdiff1d(np.arange(n), model.bc_dofs)
+        self._solver: LinearSolver | None = None
+        self._u_prev = None
+        self.set_moduli(model.E)
+
+    def set_moduli(self, E) -> None:
+        """(Re)assemble with per-element moduli ``E`` (MPa); reuses pattern and preconditioner."""
+        self.model.E = np.asarray(E, dtype=float)
+        t = time.perf_counter()
+        K = self.assembler.assemble(self.model.E, self.model.nu).tocsr()
+        self.K = K
+        self.K_ff = K[self.free][:, self.free]
+        self.K_fc = K[self.free][:, self.model.bc_dofs]
+        self.timings["assembly"] = self.timings.get("assembly", 0.0) + time.perf_counter() - t
+        if self._solver is None:
+            B = rigid_body_modes(self.model.mesh.points)[self.free]
+            self._solver = make_solver(self.K_ff, self.method, rtol=self.rtol, near_null=B)
+        else:
+            self._solver.update(self.K_ff, reuse=True)
+
+    def solve(self, bc_values=None, forces=None) -> Solution:
+        m = self.model
+        uc = m.bc_values if bc_values is None else np.asarray(bc_values, dtype=float)
+        f = m.forces if forces is None else forces
+        rhs = f[self.free] - self.K_fc @ uc
+        x0 = None if self._u_prev is None else self._u_prev[self.free]
+        t = time.perf_counter()
+        uf, info = self._solver.solve(rhs, x0=x0)
+        self.timings["solve"] = self.timings.get("solve", 0.0) + time.perf_counter() - t
+        u = np.empty(m.n_dofs)
+        u[self.free] = uf
+        u[m.bc_dofs] = uc
+        self._u_prev = u
+        r = self.K @ u - f
+        return Solution(u.reshape(-1, 3), r, info, dict(self.timings))
+
+
+def solve_static(model: Model, solver: str = "auto", rtol: float = 1e-8) -> Solution:
+    """Assemble and solve ``model`` once."""
+    return StaticProblem(model, solver, rtol).solve()

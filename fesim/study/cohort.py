@@ -1,0 +1,390 @@
+"""Run the per-scan pipeline over a cohort, with resume and failure isolation.
+
+Layout of ``out_dir``::
+
+    scans/<patient>_m<month>/result.json    per-scan result (written atomically)
+    scans/<patient>_m<month>/inputs.json    what produced it (path, options), for resume
+    results.csv                             one row per successful scan
+    failures.json                           scans that failed in the last run, with the error
+
+A scan whose ``result.json`` is valid (a JSON object holding every key of
+:data:`RESULT_KEYS`) and whose ``inputs.json`` matches the current inputs is not rerun.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fesim.errors import InputError
+
+log = logging.getLogger("fesim.study")
+
+#: Keys every per-scan ``result.json`` must hold; also the leading ``results.csv`` columns.
+RESULT_KEYS = (
+    "pullout_strength_N", "pullout_stiffness_N_per_mm", "compression_strength_N",
+    "compression_stiffness_N_per_mm", "vbmd_screw_mg_cm3", "vbmd_trabecular_mg_cm3",
+    "abmd_g_cm2", "n_nodes", "n_elements", "n_dofs", "element_order", "strength_criterion",
+    "fesim_version", "timings_s",
+)
+#: Columns taken from the scan list rather than from result.json.
+SCAN_COLUMNS = ("patient", "month")
+INPUT_COLUMNS = ("dxa_abmd_g_cm2",)
+_RESERVED = {"patient", "month", "path", "dxa_abmd_g_cm2"}
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+BACKENDS = ("local", "processes", "dask")
+
+
+@dataclass
+class Scan:
+    """One scan of the cohort, normalised from a dict or a ScanSpec-like object.
+
+    ``extra`` holds any further fields (e.g. ``density_scale``, ``phantom_seed``), passed to
+    the per-scan function as keyword arguments.
+    """
+
+    patient: str
+    month: int
+    path: str | None = None
+    dxa_abmd_g_cm2: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def scan_id(self) -> str:
+        return f"{self.patient}_m{self.month}"
+
+
+def _as_scan(item) -> Scan:
+    if isinstance(item, Scan):
+        return item
+    d = dict(item) if isinstance(item, dict) else (
+        item.as_scan() if hasattr(item, "as_scan") else dict(vars(item)))
+    patient = str(d.get("patient", "")).strip()
+    if not _SAFE_ID.match(patient):
+        raise InputError(f"patient ID {patient!r} must be letters, digits, '.', '_' or '-'")
+    m = d.get("month")
+    try:
+        month = int(m) if isinstance(m, (int, float)) else int(str(m).strip())
+    except (TypeError, ValueError, OverflowError):
+        month = -1
+    if month < 0 or month != m and isinstance(m, float):
+        raise InputError(f"month of {patient} must be a non-negative integer, got {m!r}")
+    dxa = d.get("dxa_abmd_g_cm2")
+    dxa = None if dxa in (None, "") else float(dxa)
+    path = d.get("path")
+    path = None if path in (None, "") else str(path)
+    extra = {k: v for k, v in d.items() if k not in _RESERVED}
+    return Scan(patient, month, path, dxa, extra)
+
+
+def normalise_scans(scans) -> list[Scan]:
+    """Validate a scan list; raise :class:`InputError` on bad fields or duplicate visits."""
+    out = [_as_scan(s) for s in scans]
+    if not out:
+        raise InputError("the cohort has no scans")
+    ids = [s.scan_id for s in out]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise InputError(f"duplicate patient/month in the scan list: {', '.join(dup)}")
+    return out
+
+
+def load_manifest(path) -> list[dict]:
+    """Read a cohort manifest CSV with columns ``patient,month,path[,dxa_abmd_g_cm2]``.
+
+    Relative scan paths are resolved against the manifest's folder. Other columns are ignored
+    (with a warning).
+
+    Raises
+    ------
+    InputError
+        Missing file or column, bad month, missing scan path, duplicate visit.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"manifest not found: {path}")
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"patient", "month", "path"} - set(reader.fieldnames or ())
+        if missing:
+            raise InputError(f"manifest {path.name} lacks column(s): {', '.join(sorted(missing))}")
+        known = ("patient", "month", "path", "dxa_abmd_g_cm2")
+        ignored = [c for c in reader.fieldnames if c and c.strip() not in known]
+        rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k and k.strip() in known}
+                for r in reader]
+    if ignored:
+        log.warning("manifest %s: ignoring column(s) %s", path.name, ", ".join(ignored))
+    for r in rows:
+        p = Path(r["path"]).expanduser()
+        p = p if p.is_absolute() else (path.parent / p)
+        if not r["path"] or not p.exists():
+            raise InputError(f"manifest {path.name}: scan of {r['patient']} month {r['month']} "
+                             f"not found: {r['path'] or '(empty)'}")
+        r["path"] = str(p.resolve())
+        if r.get("dxa_abmd_g_cm2", None) == "":
+            r["dxa_abmd_g_cm2"] = None
+    normalise_scans(rows)
+    return rows
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(o):
+    if hasattr(o, "tolist"):  # numpy scalars and arrays
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def atomic_write_json(path, obj) -> None:
+    """Write ``obj`` as JSON to ``path`` via a temporary file and ``os.replace``."""
+    _atomic_write_text(Path(path), json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def read_valid_result(path) -> dict | None:
+    """The result dict in ``path``, or None when missing, unreadable or lacking keys."""
+    try:
+        res = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(res, dict) or any(k not in res for k in RESULT_KEYS):
+        return None
+    return res
+
+
+def _inputs_record(scan: Scan, options: dict) -> dict:
+    # round-trip through JSON so that the comparison on resume sees the same types
+    rec = {"path": scan.path, "options": options, "extra": scan.extra}
+    return json.loads(json.dumps(rec, default=_json_default, sort_keys=True))
+
+
+def _is_done(scan_dir: Path, scan: Scan, options: dict) -> dict | None:
+    res = read_valid_result(scan_dir / "result.json")
+    if res is None:
+        return None
+    inputs = scan_dir / "inputs.json"
+    if inputs.exists():
+        try:
+            if json.loads(inputs.read_text(encoding="utf-8")) != _inputs_record(scan, options):
+                return None
+        except (OSError, ValueError):
+            return None
+    return res
+
+
+def _run_task(run_one, scan: Scan, scan_dir: str, options: dict):
+    """Run one scan; never raises. Returns ``(result, None)`` or ``(None, error dict)``."""
+    scan_dir = Path(scan_dir)
+    scan_dir.mkdir(parents=True, exist_ok=True)
+    result_path = scan_dir / "result.json"
+    result_path.unlink(missing_ok=True)
+    try:
+        res = run_one(scan.path, scan_dir, **options, **scan.extra)
+        if not isinstance(res, dict):
+            raise TypeError(f"per-scan function returned {type(res).__name__}, not dict")
+        missing = [k for k in RESULT_KEYS if k not in res]
+        if missing:
+            raise KeyError(f"result lacks key(s): {', '.join(missing)}")
+        atomic_write_json(result_path, res)
+        atomic_write_json(scan_dir / "inputs.json", _inputs_record(scan, options))
+        return res, None
+    except Exception as exc:  # noqa: BLE001 - one bad scan must not stop the cohort
+        result_path.unlink(missing_ok=True)
+        return None, {"error_type": type(exc).__name__, "error": str(exc) or repr(exc),
+                      "traceback": traceback.format_exc(limit=-3)}
+
+
+def _default_run_one():
+    from fesim.pipeline import run_scan  # lazy: the study layer must not need the FE stack
+
+    return run_scan
+
+
+def _collect(future):
+    # a worker that died (out of memory, segfault) fails its scan, not the cohort
+    try:
+        return future.result()
+    except Exception as exc:  # noqa: BLE001
+        return None, {"error_type": type(exc).__name__, "error": str(exc) or repr(exc),
+                      "traceback": ""}
+
+
+def _execute(todo, run_one, out_dir: Path, options, backend, n_workers, scheduler_address):
+    """Yield ``(scan, result, error)`` for each scan in ``todo`` as it finishes."""
+    dirs = [str(out_dir / "scans" / s.scan_id) for s in todo]
+    if backend == "local" or not todo:
+        for s, d in zip(todo, dirs):
+            yield (s, *_run_task(run_one, s, d, options))
+        return
+    if backend == "processes":
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(max_workers=n_workers) as pool:
+            futs = {pool.submit(_run_task, run_one, s, d, options): s for s, d in zip(todo, dirs)}
+            for f in as_completed(futs):
+                yield (futs[f], *_collect(f))
+        return
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if scheduler_address is None:
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+    client = Client(cluster if cluster is not None else scheduler_address)
+    try:
+        futs = [client.submit(_run_task, run_one, s, d, options, pure=False,
+                              key=f"fesim-scan-{s.scan_id}-{os.getpid()}-{i}")
+                for i, (s, d) in enumerate(zip(todo, dirs))]
+        by_key = {f.key: s for f, s in zip(futs, todo)}
+        for f in as_completed(futs):
+            yield (by_key[f.key], *_collect(f))
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def run_cohort(scans, out_dir, run_one=None, backend: str = "local", n_workers: int | None = None,
+               scheduler_address: str | None = None, options: dict | None = None) -> list[dict]:
+    """Run the per-scan pipeline on every scan, resuming finished ones.
+
+    Parameters
+    ----------
+    scans : sequence of dict or ScanSpec-like
+        Each with ``patient``, ``month`` and ``path`` (None for a phantom scan), optionally
+        ``dxa_abmd_g_cm2`` (g/cm^2, copied to the results); further fields are passed to
+        ``run_one`` as keyword arguments.
+    out_dir : path
+        Output folder (created).
+    run_one : callable, optional
+        ``run_one(scan_path, out_dir, **options) -> dict``; defaults to
+        ``fesim.pipeline.run_scan``. Must be picklable for the ``processes``/``dask`` backends.
+    backend : {"local", "processes", "dask"}
+        Serial in this process, a process pool, or ``dask.distributed``.
+    n_workers : int, optional
+        Parallel workers (default: number of CPUs, at most the number of scans to run).
+    scheduler_address : str, optional
+        Existing dask scheduler to use instead of starting a LocalCluster.
+    options : dict, optional
+        Keyword arguments for every ``run_one`` call (mesh size, element order, ...).
+
+    Returns
+    -------
+    list of dict
+        One row per successful scan, in scan-list order, with the ``results.csv`` columns.
+        Failures are logged and listed in ``out_dir/failures.json``.
+    """
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    scans = normalise_scans(scans)
+    options = dict(options or {})
+    clash = sorted(set(options) & {k for s in scans for k in s.extra})
+    if clash:
+        raise InputError(f"option(s) also given per scan: {', '.join(clash)}")
+    run_one = run_one or _default_run_one()
+    out_dir = Path(out_dir)
+    (out_dir / "scans").mkdir(parents=True, exist_ok=True)
+
+    results, failures, todo = {}, {}, []
+    for s in scans:
+        res = _is_done(out_dir / "scans" / s.scan_id, s, options)
+        if res is None:
+            todo.append(s)
+        else:
+            results[s.scan_id] = res
+    log.info("cohort: %d scans, %d already done, %d to run (%s)",
+             len(scans), len(results), len(todo), backend)
+    n_workers = max(1, min(n_workers or os.cpu_count() or 1, max(len(todo), 1)))
+    for s, res, err in _execute(todo, run_one, out_dir, options, backend, n_workers,
+                                scheduler_address):
+        if err is None:
+            results[s.scan_id] = res
+            log.info("scan %s done", s.scan_id)
+        else:
+            failures[s.scan_id] = {"patient": s.patient, "month": s.month, "path": s.path, **err}
+            log.warning("scan %s failed: %s: %s", s.scan_id, err["error_type"], err["error"])
+
+    rows = [result_row(s, results[s.scan_id]) for s in scans if s.scan_id in results]
+    write_results_csv(rows, out_dir / "results.csv")
+    atomic_write_json(out_dir / "failures.json",
+                      [failures[s.scan_id] for s in scans if s.scan_id in failures])
+    return rows
+
+
+def result_row(scan: Scan, result: dict) -> dict:
+    """Flatten one scan's result into a ``results.csv`` row (timings dropped)."""
+    row = {"patient": scan.patient, "month": scan.month}
+    row.update({k: result[k] for k in RESULT_KEYS if k != "timings_s"})
+    row.update({k: result[k] for k in sorted(result) if k not in row and k != "timings_s"
+                and not isinstance(result[k], (dict, list))})
+    row["dxa_abmd_g_cm2"] = scan.dxa_abmd_g_cm2
+    return row
+
+
+def csv_columns(rows) -> list[str]:
+    """Fixed column order: patient, month, RESULT_KEYS, extra result keys (sorted), inputs."""
+    fixed = list(SCAN_COLUMNS) + [k for k in RESULT_KEYS if k != "timings_s"]
+    extra = sorted({k for r in rows for k in r} - set(fixed) - set(INPUT_COLUMNS))
+    return fixed + extra + list(INPUT_COLUMNS)
+
+
+def write_results_csv(rows, path) -> None:
+    """Write rows to a CSV atomically; None and NaN become empty cells."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=csv_columns(rows), lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: "" if v is None or (isinstance(v, float) and math.isnan(v)) else v
+                    for k, v in r.items()})
+    _atomic_write_text(Path(path), buf.getvalue())
+
+
+def _parse_cell(v: str):
+    if v == "":
+        return None
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    return v
+
+
+def load_results_csv(path) -> list[dict]:
+    """Read a ``results.csv`` back into rows with numbers parsed (empty cells -> None)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"results file not found: {path}")
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = [{k: _parse_cell(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+    for r in rows:
+        r["patient"] = str(r["patient"])
+    return rows
+
+
+def load_failures(out_dir) -> list[dict]:
+    """The failures recorded by the last :func:`run_cohort` in ``out_dir`` (empty if none)."""
+    p = Path(out_dir) / "failures.json"
+    return json.loads(p.read_text(encoding="utf-8")) if p.exists() else []
