@@ -136,7 +136,8 @@ def load_manifest(path) -> list[dict]:
     return rows
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -160,7 +161,7 @@ def _json_default(o):
 
 def atomic_write_json(path, obj) -> None:
     """Write ``obj`` as JSON to ``path`` via a temporary file and ``os.replace``."""
-    _atomic_write_text(Path(path), json.dumps(obj, indent=2, default=_json_default) + "\n")
+    atomic_write_text(Path(path), json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
 def read_valid_result(path) -> dict | None:
@@ -251,7 +252,7 @@ def _execute(todo, run_one, out_dir: Path, options, backend, n_workers, schedule
     cluster = None
     if scheduler_address is None:
         cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+                               dashboard_address=":0")
     client = Client(cluster if cluster is not None else scheduler_address)
     try:
         futs = [client.submit(_run_task, run_one, s, d, options, pure=False,
@@ -358,7 +359,7 @@ def write_results_csv(rows, path) -> None:
     for r in rows:
         w.writerow({k: "" if v is None or (isinstance(v, float) and math.isnan(v)) else v
                     for k, v in r.items()})
-    _atomic_write_text(Path(path), buf.getvalue())
+    atomic_write_text(Path(path), buf.getvalue())
 
 
 def _parse_cell(v: str):

@@ -1,0 +1,305 @@
+"""Tests of the cohort runner, statistics and report (fesim.study)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import threading
+import zlib
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from fesim.errors import FesimError, InputError
+from fesim.study import cohort as co
+from fesim.study import stats as st
+from fesim.study.report import FIGURES, write_report
+from fesim.study.synthetic import ScanSpec, mean_dxa_gain_percent, synthetic_cohort
+
+# --------------------------------------------------------------------------- fakes
+
+CALLS = []
+_LOCK = threading.Lock()
+
+
+def fake_run_one(scan_path, out_dir, density_scale=1.0, phantom_seed=0, fail=False, **options):
+    """Deterministic stand-in for fesim.pipeline.run_scan (a power law of density)."""
+    with _LOCK:
+        CALLS.append(str(out_dir))
+    if fail or (scan_path and "bad" in str(scan_path)):
+        raise ValueError(f"cannot mesh {scan_path}")
+    # per-patient local density offset around the screw, stable across visits
+    local = 1.0 + 0.08 * ((zlib.crc32(str(phantom_seed).encode()) % 1000) / 1000 - 0.5)
+    vs = 120.0 * density_scale * local
+    vt = 100.0 * density_scale
+    res = {
+        "pullout_strength_N": 0.045 * vs ** 1.8, "pullout_stiffness_N_per_mm": 30.0 * vs,
+        "compression_strength_N": 0.9 * vt ** 1.7, "compression_stiffness_N_per_mm": 200.0 * vt,
+        "vbmd_screw_mg_cm3": vs, "vbmd_trabecular_mg_cm3": vt, "abmd_g_cm2": 0.006 * vt + 0.2,
+        "n_nodes": 100, "n_elements": 400, "n_dofs": 300, "element_order": 1,
+        "strength_criterion": "fake-power-law", "fesim_version": "0.1.0",
+        "timings_s": {"total": 0.0}, "mesh_h_mm": options.get("h", 2.0),
+    }
+    (out_dir / "result.json").write_text(json.dumps(res))
+    return res
+
+
+def _scans(tmp_path, n_patients=3, months=(0, 12, 24)):
+    return [s.as_scan() for s in synthetic_cohort(n_patients, months, seed=1)]
+
+
+@pytest.fixture(autouse=True)
+def _clear_calls():
+    CALLS.clear()
+
+
+# --------------------------------------------------------------------------- synthetic
+
+def test_synthetic_cohort_shape_and_trajectories():
+    specs = synthetic_cohort(n_patients=200, months=(0, 12, 24), seed=3)
+    assert len(specs) == 600 and specs[0].patient == "P001" and specs[0].month == 0
+    assert specs == synthetic_cohort(n_patients=200, months=(24, 0, 12), seed=3)
+    ds = np.array([s.density_scale for s in specs]).reshape(200, 3)
+    dxa = np.array([s.dxa_abmd_g_cm2 for s in specs]).reshape(200, 3)
+    assert ds[:, 0].min() >= 0.7 and ds[:, 0].max() <= 1.1
+    dxa_pct = 100 * (dxa[:, 1:] / dxa[:, :1] - 1)
+    vol_pct = 100 * (ds[:, 1:] / ds[:, :1] - 1)
+    assert dxa_pct.mean(0) == pytest.approx([5.7, 7.8], abs=0.8)
+    assert 1.5 <= np.std(dxa_pct[:, 1], ddof=1) <= 4.5
+    assert 1.4 <= vol_pct.mean(0)[1] / dxa_pct.mean(0)[1] <= 2.1
+    # DXA only loosely tracks density at baseline (simulated artefacts)
+    assert 0.1 < np.corrcoef(ds[:, 0], dxa[:, 0])[0, 1] < 0.7
+    seeds = np.array([s.phantom_seed for s in specs]).reshape(200, 3)
+    assert np.all(seeds == seeds[:, :1])
+
+
+def test_synthetic_cohort_bad_input_and_gain_curve():
+    assert mean_dxa_gain_percent([0, 6, 12, 24, 48]) == pytest.approx([0, 2.85, 5.7, 7.8, 11.8])
+    with pytest.raises(InputError):
+        synthetic_cohort(n_patients=0)
+    with pytest.raises(InputError):
+        synthetic_cohort(months=(12, 24))
+    assert synthetic_cohort(1, (0,), seed=0)[0].patient == "P01"
+
+
+# --------------------------------------------------------------------------- cohort runner
+
+def test_run_cohort_resume_and_rerun_one(tmp_path):
+    scans = _scans(tmp_path)
+    rows = co.run_cohort(scans, tmp_path, run_one=fake_run_one)
+    assert len(rows) == 9 and len(CALLS) == 9
+    assert rows[0]["patient"] == "P01" and rows[0]["month"] == 0
+    assert (tmp_path / "scans" / "P02_m12" / "result.json").exists()
+    CALLS.clear()
+    rows2 = co.run_cohort(scans, tmp_path, run_one=fake_run_one)
+    assert CALLS == [] and rows2 == rows
+    (tmp_path / "scans" / "P02_m12" / "result.json").unlink()
+    co.run_cohort(scans, tmp_path, run_one=fake_run_one)
+    assert [os.path.basename(c) for c in CALLS] == ["P02_m12"]
+    # a truncated result (crash mid-write) is not valid and is rerun
+    CALLS.clear()
+    (tmp_path / "scans" / "P03_m0" / "result.json").write_text('{"pullout_strength_N": 1')
+    co.run_cohort(scans, tmp_path, run_one=fake_run_one)
+    assert [os.path.basename(c) for c in CALLS] == ["P03_m0"]
+    # changed options invalidate every finished scan
+    CALLS.clear()
+    rows3 = co.run_cohort(scans, tmp_path, run_one=fake_run_one, options={"h": 1.5})
+    assert len(CALLS) == 9 and rows3[0]["mesh_h_mm"] == 1.5
+
+
+def test_run_cohort_failure_isolation(tmp_path):
+    scans = _scans(tmp_path, n_patients=2, months=(0, 12))
+    scans[1]["fail"] = True
+    rows = co.run_cohort(scans, tmp_path, run_one=fake_run_one)
+    assert [(r["patient"], r["month"]) for r in rows] == [("P01", 0), ("P02", 0), ("P02", 12)]
+    fails = co.load_failures(tmp_path)
+    assert len(fails) == 1 and fails[0]["patient"] == "P01" and fails[0]["month"] == 12
+    assert fails[0]["error_type"] == "ValueError" and "cannot mesh" in fails[0]["error"]
+    assert not (tmp_path / "scans" / "P01_m12" / "result.json").exists()
+    # fixing the scan reruns only it, and clears the failure list
+    CALLS.clear()
+    scans[1]["fail"] = False
+    rows = co.run_cohort(scans, tmp_path, run_one=fake_run_one)
+    assert len(rows) == 4 and len(CALLS) == 1 and co.load_failures(tmp_path) == []
+
+
+def test_run_cohort_rejects_incomplete_result(tmp_path):
+    def partial(scan_path, out_dir, **kw):
+        return {"pullout_strength_N": 1.0}
+
+    rows = co.run_cohort([{"patient": "P01", "month": 0, "path": None}], tmp_path, run_one=partial)
+    assert rows == [] and "lacks key" in co.load_failures(tmp_path)[0]["error"]
+
+
+def test_results_csv_columns_atomic_and_roundtrip(tmp_path, monkeypatch):
+    scans = _scans(tmp_path, n_patients=2, months=(0, 24))
+    rows = co.run_cohort(scans, tmp_path, run_one=fake_run_one)
+    with open(tmp_path / "results.csv", newline="") as fh:
+        header = next(csv.reader(fh))
+    expected = ["patient", "month"] + [k for k in co.RESULT_KEYS if k != "timings_s"]
+    assert header[:len(expected)] == expected and "timings_s" not in header
+    assert header[-1] == "dxa_abmd_g_cm2"
+    back = co.load_results_csv(tmp_path / "results.csv")
+    assert back[3]["pullout_strength_N"] == pytest.approx(rows[3]["pullout_strength_N"])
+    assert back[3]["patient"] == "P02" and back[3]["month"] == 24
+    # a crash while writing leaves the previous file intact and no temporary behind
+    before = (tmp_path / "results.csv").read_text()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(co.os, "replace", boom)
+    with pytest.raises(OSError):
+        co.write_results_csv(rows[:1], tmp_path / "results.csv")
+    assert (tmp_path / "results.csv").read_text() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_scan_validation_and_manifest(tmp_path):
+    with pytest.raises(InputError, match="duplicate"):
+        co.normalise_scans([{"patient": "P1", "month": 0}, {"patient": "P1", "month": "0"}])
+    with pytest.raises(InputError, match="patient ID"):
+        co.normalise_scans([{"patient": "../x", "month": 0}])
+    with pytest.raises(InputError, match="month"):
+        co.normalise_scans([{"patient": "P1", "month": "twelve"}])
+    with pytest.raises(InputError, match="backend"):
+        co.run_cohort([{"patient": "P1", "month": 0}], tmp_path, run_one=fake_run_one, backend="x")
+    (tmp_path / "a.nii").write_text("x")
+    (tmp_path / "m.csv").write_text("patient,month,path,dxa_abmd_g_cm2,site\n"
+                                    "P01,0,a.nii,0.81,x\nP01,12,a.nii,\n")
+    man = co.load_manifest(tmp_path / "m.csv")
+    assert man[0]["path"] == str((tmp_path / "a.nii").resolve())
+    assert man[0]["dxa_abmd_g_cm2"] == "0.81" and man[1]["dxa_abmd_g_cm2"] is None
+    assert "site" not in man[0]
+    (tmp_path / "m2.csv").write_text("patient,month,path\nP01,0,missing.nii\n")
+    with pytest.raises(InputError, match="not found"):
+        co.load_manifest(tmp_path / "m2.csv")
+    (tmp_path / "m3.csv").write_text("patient,path\nP01,a.nii\n")
+    with pytest.raises(InputError, match="month"):
+        co.load_manifest(tmp_path / "m3.csv")
+    assert issubclass(InputError, FesimError)
+    # manifest scans run with the path and the DXA value carried to the row
+    rows = co.run_cohort(man, tmp_path / "out", run_one=fake_run_one)
+    assert rows[0]["dxa_abmd_g_cm2"] == pytest.approx(0.81) and rows[1]["dxa_abmd_g_cm2"] is None
+
+
+def test_dask_backend(tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    scans = _scans(tmp_path, n_patients=2, months=(0,))
+    with distributed.LocalCluster(processes=False, n_workers=1, threads_per_worker=1,
+                                  dashboard_address=None) as cluster:
+        rows = co.run_cohort(scans, tmp_path, run_one=fake_run_one, backend="dask",
+                             scheduler_address=cluster.scheduler_address)
+    assert len(CALLS) == 2
+    local = co.run_cohort(scans, tmp_path / "local", run_one=fake_run_one)
+    assert rows == local
+
+
+# --------------------------------------------------------------------------- statistics
+
+def test_correlation_matches_scipy():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=25)
+    y = 0.7 * x + rng.normal(scale=0.6, size=25)
+    c = st.correlation(list(x) + [None], list(y) + [3.0])
+    ref = sps.pearsonr(x, y)
+    assert c.n == 25 and c.r == pytest.approx(ref.statistic) and c.p == pytest.approx(ref.pvalue)
+    assert c.rho == pytest.approx(sps.spearmanr(x, y).statistic)
+    # Fisher CI by hand: tanh(atanh(r) +- 1.959964 / sqrt(22))
+    z, half = math.atanh(c.r), 1.959964 / math.sqrt(22)
+    assert (c.ci_low, c.ci_high) == pytest.approx((math.tanh(z - half), math.tanh(z + half)), abs=1e-6)
+    ci = ref.confidence_interval(0.95)
+    assert (c.ci_low, c.ci_high) == pytest.approx((ci.low, ci.high), abs=1e-9)
+    reg = st.regression(x, y)
+    lr = sps.linregress(x, y)
+    assert (reg.slope, reg.intercept, reg.r2) == pytest.approx((lr.slope, lr.intercept, lr.rvalue ** 2))
+
+
+def test_small_n_and_degenerate_inputs_give_nan():
+    c = st.correlation([1, 2], [3, 4])
+    assert math.isnan(c.r) and "n=2" in c.note
+    c3 = st.correlation([1, 2, 3], [1, 3, 2])
+    assert c3.r == pytest.approx(0.5) and math.isnan(c3.ci_low)
+    assert "variance" in st.correlation([1, 1, 1, 1], [1, 2, 3, 4]).note
+    assert math.isnan(st.regression([1, 2], [1, 2]).slope)
+    assert math.isnan(st.percent_change([1, 2], [2, 3]).mean_pct)
+    assert math.isnan(st.meng_test(0.8, 0.3, 0.4, 3).z)
+    assert st.as_dict(c)["r"] is None
+
+
+def test_percent_change_and_paired_tests():
+    b = np.array([100.0, 120, 90, 110, 105])
+    f = np.array([106.0, 125, 99, 115, 109])
+    ch = st.percent_change(b, f)
+    pct = 100 * (f - b) / b  # 6, 4.1667, 10, 4.5455, 3.8095
+    assert ch.mean_pct == pytest.approx(5.704, abs=1e-3)
+    assert ch.sd_pct == pytest.approx(np.std(pct, ddof=1))
+    assert ch.p_ttest == pytest.approx(sps.ttest_rel(f, b).pvalue)
+    assert ch.p_wilcoxon == pytest.approx(0.0625)  # exact: all 5 differences positive, 2/32
+
+
+def test_meng_test_published_example():
+    # Meng, Rosenthal & Rubin (1992), Psychol Bull 111:172, worked example:
+    # r1 = .63, r2 = -.03, r12 = -.19, N = 15 -> Z = 1.68, one-sided p = .047,
+    # 95 % CI of z1 - z2 = (-0.129, 1.671).
+    # By hand: z1 = atanh(.63) = 0.7414, z2 = -0.0300, rbar2 = (.3969 + .0009)/2 = 0.1989,
+    # f = 1.19 / (2 * 0.8011) = 0.7427, h = (1 - 0.7427 * 0.1989) / 0.8011 = 1.0639,
+    # Z = 0.7714 * sqrt(12 / (2 * 1.19 * 1.0639)) = 0.7714 * 2.1769 = 1.679.
+    t = st.meng_test(0.63, -0.03, -0.19, 15)
+    assert t.z == pytest.approx(1.679, abs=2e-3)
+    assert t.p / 2 == pytest.approx(0.047, abs=5e-4)
+    assert (t.ci_low, t.ci_high) == pytest.approx((-0.129, 1.672), abs=1.5e-3)
+    # f = 0.8 / (2 * 0.275) > 1 is capped at 1, so h = 1 and Z = dz sqrt(27 / (2 * 0.8))
+    t2 = st.meng_test(0.9, 0.8, 0.2, 30)
+    dz = math.atanh(0.9) - math.atanh(0.8)
+    assert t2.z == pytest.approx(dz * math.sqrt(27 / 1.6), rel=1e-12)
+
+
+def test_compare_dependent_from_data():
+    rng = np.random.default_rng(5)
+    v = rng.normal(size=40)
+    a = 0.4 * v + rng.normal(size=40)
+    pos = v + 0.4 * rng.normal(size=40)
+    t = st.compare_dependent(pos, v, a)
+    c = np.corrcoef([pos, v, a])
+    ref = st.meng_test(c[0, 1], c[0, 2], c[1, 2], 40)
+    assert t.z == pytest.approx(ref.z) and t.z > 2 and t.p < 0.05
+
+
+# --------------------------------------------------------------------------- report
+
+def test_report_files_and_headings(tmp_path):
+    scans = _scans(tmp_path, n_patients=6)
+    rows = co.run_cohort(scans, tmp_path, run_one=fake_run_one)
+    stats = write_report(co.load_results_csv(tmp_path / "results.csv"), tmp_path / "report",
+                         notes=["Synthetic test cohort."])
+    md = (tmp_path / "report" / "summary.md").read_text()
+    for m in (0, 12, 24):
+        assert f"### Month {m}: pullout strength vs screw-region vBMD" in md
+        assert f"### Month {m}: pullout strength vs areal BMD" in md
+        assert f"### Month {m}: compression strength vs trabecular vBMD" in md
+    assert "Meng z" in md and "fake-power-law" in md and "Synthetic test cohort." in md
+    for name in FIGURES.values():
+        p = tmp_path / "report" / name
+        assert p.stat().st_size > 5000 and p.read_bytes()[:4] == b"\x89PNG" and f"]({name})" in md
+    js = json.loads((tmp_path / "report" / "stats.json").read_text())
+    assert js["n_patients"] == 6 and js["months"] == [0, 12, 24]
+    r = js["correlations"]["24"]["pullout_strength_N|vbmd_screw_mg_cm3"]["r"]
+    ref = np.corrcoef([x["vbmd_screw_mg_cm3"] for x in rows if x["month"] == 24],
+                      [x["pullout_strength_N"] for x in rows if x["month"] == 24])[0, 1]
+    assert r == pytest.approx(ref) and r > 0.95
+    ch = js["changes"]["24"]["pullout_strength_N"]
+    assert ch["n"] == 6 and ch["mean_pct"] > 5
+    assert stats["dependent"][24]["dxa_abmd_g_cm2"]["n"] == 6
+
+
+def test_report_small_cohort_does_not_crash(tmp_path):
+    rows = co.run_cohort(_scans(tmp_path, n_patients=2, months=(0,)), tmp_path, run_one=fake_run_one)
+    write_report(rows, tmp_path / "r")
+    md = (tmp_path / "r" / "summary.md").read_text()
+    assert "not computed (n=2 < 3)" in md and "only one time point" in md
+    with pytest.raises(InputError):
+        write_report([], tmp_path / "r2")
