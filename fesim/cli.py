@@ -1,7 +1,189 @@
-"""Command-line interface (placeholder until the pipeline lands)."""
+"""``fesim`` command line: phantom, inspect, run, cohort, demo.
+
+A user error (bad file, bad option, unsolvable model) prints one line on stderr and exits
+with code 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
 import sys
+import warnings
+from pathlib import Path
+
+from . import __version__
+from .errors import FesimError
 
 
-def main(argv=None):
-    print("fesim: pipeline not yet wired", file=sys.stderr)
-    return 2
+def _floats(text, n=None):
+    try:
+        vals = tuple(float(v) for v in str(text).split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+    if n is not None and len(vals) != n:
+        raise argparse.ArgumentTypeError(f"expected {n} comma-separated numbers, got {text!r}")
+    return vals
+
+
+def _vec3(text):
+    return _floats(text, 3)
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """Options of the per-scan analysis (shared by run, cohort and demo)."""
+    g = p.add_argument_group("image and labels")
+    g.add_argument("--labels", help="label map (NIfTI) on the CT grid, e.g. from TotalSegmentator or VerSe")
+    g.add_argument("--level", default="L4", help="vertebra to analyse in the label map (default L4)")
+    g.add_argument("--label-values", help="comma-separated label values taken as one vertebra (overrides --level)")
+    g.add_argument("--convention", default="totalseg_v2",
+                   help="label numbering: totalseg_v2, totalseg_v1, verse, bodies_per_level (default totalseg_v2)")
+    g.add_argument("--series-uid", help="DICOM series to use when the folder holds several (see fesim inspect)")
+    g = p.add_argument_group("calibration")
+    g.add_argument("--calibration", default="auto", choices=["auto", "phantom", "internal", "none"],
+                   help="HU->BMD: rods in the image, phantomless from tissues, none (image already in mg/cm^3), "
+                        "or auto = phantom, else internal (default auto)")
+    g.add_argument("--rod-densities", type=_floats, default=(0.0, 50.0, 100.0, 200.0),
+                   help="known rod densities in mg/cm^3 (default 0,50,100,200)")
+    g.add_argument("--rod-material", default="K2HPO4", choices=["K2HPO4", "HA"])
+    g = p.add_argument_group("screws")
+    g.add_argument("--screws", default="both", choices=["none", "left", "right", "both"])
+    g.add_argument("--trajectory", default="traditional", choices=["traditional", "cortical"])
+    g.add_argument("--screw-length", dest="screw_length_mm", type=float, help="mm (default 40, CBT 35)")
+    g.add_argument("--screw-diameter", dest="screw_diameter_mm", type=float, help="mm (default 6.5, CBT 5.5)")
+    g.add_argument("--screw-entry", type=_vec3, help="user screw entry point x,y,z (LPS mm)")
+    g.add_argument("--screw-direction", type=_vec3, help="user screw direction x,y,z (LPS, head to tip)")
+    g.add_argument("--screw-roi-radius", dest="screw_roi_radius_mm", type=float,
+                   help="radius of the BMD cylinder around the screw path, mm")
+    g = p.add_argument_group("mesh and model")
+    g.add_argument("--mesh-size", dest="mesh_size_mm", type=float, default=2.0, help="bulk element size, mm (default 2)")
+    g.add_argument("--screw-mesh-size", dest="screw_mesh_size_mm", type=float, default=1.0,
+                   help="element size at the screw interface, mm (default 1)")
+    g.add_argument("--order", dest="element_order", type=int, default=1, choices=[1, 2], help="1 = tet4, 2 = tet10")
+    g.add_argument("--law", default="keyak", choices=["keyak", "morgan", "kopperdahl", "keller"],
+                   help="density-modulus law (default keyak)")
+    g.add_argument("--strength", default="nonlinear", choices=["nonlinear", "surrogate"])
+    g.add_argument("--solver", default="auto", choices=["auto", "amg", "direct", "cholmod", "pardiso"])
+    g.add_argument("--no-vtk", dest="write_vtk", action="store_false", help="skip VTU output")
+
+
+def _run_options(args) -> dict:
+    keys = ["labels", "level", "label_values", "convention", "series_uid", "calibration", "rod_densities",
+            "rod_material", "screws", "trajectory", "screw_length_mm", "screw_diameter_mm", "screw_entry",
+            "screw_direction", "screw_roi_radius_mm", "mesh_size_mm", "screw_mesh_size_mm", "element_order",
+            "law", "strength", "solver", "write_vtk"]
+    return {k: getattr(args, k) for k in keys if hasattr(args, k)}
+
+
+def cmd_phantom(args):
+    from .imaging.phantom import PhantomSpec, make_phantom, write_phantom
+
+    spec = PhantomSpec(seed=args.seed, density_scale=args.density_scale,
+                       rods_mg_cm3=None if args.no_rods else (0.0, 50.0, 100.0, 200.0),
+                       neighbours=args.neighbours)
+    path = write_phantom(make_phantom(spec), args.out, compressed=args.compressed)
+    print(f"synthetic QCT series written to {path}")
+
+
+def cmd_inspect(args):
+    from .imaging.dicom import list_series
+
+    infos = list_series(args.path)
+    for s in infos:
+        print(s.describe() if hasattr(s, "describe") else s)
+
+
+def cmd_run(args):
+    from .pipeline import run_scan
+
+    res = run_scan(args.scan, args.out, **_run_options(args))
+    print(f"pullout strength {res['pullout_strength_N']:.0f} N, compression strength "
+          f"{res['compression_strength_N']:.0f} N; results in {Path(args.out) / 'result.json'}")
+
+
+def cmd_cohort(args):
+    from .study.cohort import load_manifest, run_cohort
+    from .study.report import write_report
+
+    scans = load_manifest(args.manifest)
+    rows = run_cohort(scans, args.out, backend=args.backend, n_workers=args.workers,
+                      scheduler_address=args.scheduler, options=_run_options(args))
+    write_report(rows, args.out)
+    print(f"{len(rows)} scan(s) analysed; see {Path(args.out) / 'summary.md'}")
+
+
+def cmd_demo(args):
+    from .study.demo import run_demo
+
+    run_demo(args.out, n_patients=args.patients, backend=args.backend, n_workers=args.workers,
+             options=_run_options(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fesim", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"fesim {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    q = sub.add_parser("phantom", help="write a synthetic L4 QCT DICOM series with calibration rods")
+    q.add_argument("--out", required=True, help="output folder")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--density-scale", type=float, default=1.0, help="multiplies bone density (follow-up scans)")
+    q.add_argument("--no-rods", action="store_true", help="omit the calibration phantom")
+    q.add_argument("--neighbours", action="store_true", help="add L3, L5 and discs")
+    q.add_argument("--compressed", choices=["rle", "jpeg2000"], help="compressed pixel data")
+    q.set_defaults(func=cmd_phantom)
+
+    q = sub.add_parser("inspect", help="list the DICOM series in a folder")
+    q.add_argument("path")
+    q.set_defaults(func=cmd_inspect)
+
+    q = sub.add_parser("run", help="analyse one scan: pullout and compression strength")
+    q.add_argument("scan", help="DICOM folder or NIfTI CT file")
+    q.add_argument("--out", required=True, help="output folder")
+    add_run_options(q)
+    q.set_defaults(func=cmd_run)
+
+    q = sub.add_parser("cohort", help="analyse a cohort from a CSV manifest (patient,month,path[,dxa_abmd_g_cm2])")
+    q.add_argument("manifest")
+    q.add_argument("--out", required=True)
+    q.add_argument("--backend", default="local", choices=["local", "processes", "dask"])
+    q.add_argument("--workers", type=int)
+    q.add_argument("--scheduler", help="address of a running dask scheduler (cluster)")
+    add_run_options(q)
+    q.set_defaults(func=cmd_cohort)
+
+    q = sub.add_parser("demo", help="synthetic denosumab cohort, whole chain, report")
+    q.add_argument("--out", default="demo_out")
+    q.add_argument("--patients", type=int, default=4)
+    q.add_argument("--backend", default="processes", choices=["local", "processes", "dask"])
+    q.add_argument("--workers", type=int, default=2)
+    add_run_options(q)
+    q.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            args.func(args)
+    except FesimError as exc:
+        if args.debug:
+            raise
+        print(f"fesim: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fesim: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug, not a user error: one line, and how to see more
+        if args.debug:
+            raise
+        print(f"fesim: internal error: {type(exc).__name__}: {exc} (rerun with --debug)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

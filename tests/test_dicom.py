@@ -13,7 +13,7 @@ from fesim.imaging.dicom import list_series, pseudonym, read_dicom_series, write
 from fesim.imaging.phantom import PhantomSpec, make_phantom, write_phantom
 from fesim.imaging.volume import Volume
 
-FAKE_IDS = ("SYNTH", "JANE", "SYN-", "19480312")
+FAKE_IDS = ("SYNTH^JANE", "SYN-7", "19480312")
 
 
 def _data_root() -> Path:

@@ -190,12 +190,30 @@ def test_dask_backend(tmp_path):
     distributed = pytest.importorskip("dask.distributed")
     scans = _scans(tmp_path, n_patients=2, months=(0,))
     with distributed.LocalCluster(processes=False, n_workers=1, threads_per_worker=1,
-                                  dashboard_address=None) as cluster:
+                                  dashboard_address=":0") as cluster:
         rows = co.run_cohort(scans, tmp_path, run_one=fake_run_one, backend="dask",
                              scheduler_address=cluster.scheduler_address)
     assert len(CALLS) == 2
     local = co.run_cohort(scans, tmp_path / "local", run_one=fake_run_one)
     assert rows == local
+
+
+def test_processes_backend_matches_local(tmp_path):
+    scans = _scans(tmp_path, n_patients=2, months=(0, 12))
+    scans[2]["fail"] = True
+    rows = co.run_cohort(scans, tmp_path / "p", run_one=fake_run_one, backend="processes",
+                         n_workers=2)
+    local = co.run_cohort(scans, tmp_path / "l", run_one=fake_run_one)
+    assert rows == local and len(rows) == 3
+    assert [f["patient"] for f in co.load_failures(tmp_path / "p")] == ["P02"]
+
+
+@pytest.mark.slow
+def test_dask_backend_own_local_cluster(tmp_path):
+    pytest.importorskip("dask.distributed")
+    scans = _scans(tmp_path, n_patients=2, months=(0,))
+    rows = co.run_cohort(scans, tmp_path, run_one=fake_run_one, backend="dask", n_workers=1)
+    assert len(rows) == 2 and co.load_failures(tmp_path) == []
 
 
 # --------------------------------------------------------------------------- statistics

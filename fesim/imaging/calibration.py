@@ -114,7 +114,7 @@ def _world_extent(vol: Volume):
     return w.min(axis=0), w.max(axis=0)
 
 
-def _axial_mean_image(hu: Volume, z_fraction: float = 0.8, max_levels: int = 24):
+def _axial_mean_image(hu: Volume, z_fraction: float = 0.8, max_levels: int = 48):
     """Average the image along LPS z over the central part of the scan.
 
     Returns the 2-D mean image on an LPS-aligned (x, y) grid, its pixel size (mm), the (x, y)
@@ -148,7 +148,7 @@ def _rod_candidates(img: np.ndarray, pix: float, radius_range_mm):
     grad = np.hypot(*np.gradient(sm, pix))
     # Edge threshold adapted to the noise: most pixels are flat, so the median gradient
     # measures the noise; 2 HU/mm is the floor for noise-free images.
-    thr = max(2.0, 6.0 * float(np.median(grad[valid])))
+    thr = max(2.0, 4.0 * float(np.median(grad[valid])))
     flat = (grad < thr) & valid
     lab, n = ndimage.label(flat)
     if n == 0:
@@ -174,24 +174,29 @@ def _rod_candidates(img: np.ndarray, pix: float, radius_range_mm):
         if np.hypot(ci - c[0], cj - c[1]).max() > 1.3 * r_in + 1.0:  # holes / spurs
             continue
         inner = float(np.median(sm[sl][m]))
-        # Edge radius: peak of the median (over angles) gradient magnitude around the
-        # centroid; the median ignores a nearby edge of the phantom block seen at few angles.
+        # Edge radius: half-contrast crossing of the radial profile, each radius bin taking the
+        # median over angles (robust to a nearby phantom-block edge seen at a few angles).
         d = np.hypot(ii - c[0], jj - c[1]) * pix
-        # The edge lies within ~3.5 mm outside the flat interior (edge band half-width).
-        near = (d >= r_in * pix) & (d <= r_in * pix + 3.5) & valid
+        r_in_mm = r_in * pix
+        near = (d <= r_in_mm + 4.5) & valid
         bins = np.round(d[near] / (0.5 * pix)).astype(int)
         ids = np.unique(bins)
-        prof = np.asarray(ndimage.median(grad[near], labels=bins, index=ids), float)
-        r = float(ids[np.argmax(prof)] * 0.5 * pix)
-        if not (rmin <= r <= rmax):
-            continue
-        ring = (d > r + 1.0) & (d <= r + 2.5) & valid
-        if ring.sum() < 8:
-            continue
-        outer = float(np.median(sm[ring]))
+        prof = np.asarray(ndimage.median(sm[near], labels=bins, index=ids), float)
+        radii = ids * 0.5 * pix
+        outer = float(np.median(prof[radii >= r_in_mm + 3.5]))
         if abs(inner - outer) < 10.0 or inner < -500.0:
             continue
-        out.append({"ij": c, "radius": r, "inner": inner, "outer": outer})
+        frac = (prof - outer) / (inner - outer)
+        beyond = np.nonzero((frac < 0.5) & (radii >= r_in_mm))[0]
+        if beyond.size == 0:
+            continue
+        k1 = beyond[0]
+        f0, f1 = frac[k1 - 1], frac[k1]
+        r = float(radii[k1 - 1] + (radii[k1] - radii[k1 - 1]) * (f0 - 0.5) / max(f0 - f1, 1e-9))
+        if not (rmin <= r <= rmax):
+            continue
+        out.append({"ij": c, "radius": r, "roi_radius": max(r_in_mm - 1.0, 0.5 * r_in_mm),
+                    "inner": inner, "outer": outer})
     return out, thr
 
 
@@ -289,7 +294,9 @@ def find_rods(hu: Volume, n_expected: int | None = None, radius_range_mm=(3.0, 1
     zc = 0.5 * (zs[0] + zs[-1])
     for c in cands:
         center = np.array([xy0[0] + pix * c["ij"][0], xy0[1] + pix * c["ij"][1], zc])
-        rods.append((center, c["radius"], rod_mean_hu(hu, center, c["radius"])))
+        # ROI: the flat interior shrunk by 1 mm, clear of the partial-volume edge.
+        erode = c["radius"] - c["roi_radius"]
+        rods.append((center, c["radius"], rod_mean_hu(hu, center, c["radius"], erode_mm=erode)))
     return sorted(rods, key=lambda r: r[2])
 
 

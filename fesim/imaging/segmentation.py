@@ -1,0 +1,412 @@
+"""Vertebra masks: from label maps, from thresholded QCT, sub-regions and anatomical frame.
+
+All geometry is computed in patient LPS millimetres from voxel centres, so the results do
+not depend on the image grid's direction cosines. Masks are ``uint8`` volumes (0/1);
+:func:`subregions` returns the codes of :data:`REGION_NAMES`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from fesim.errors import SegmentationError
+from fesim.imaging.volume import Volume
+
+#: Sub-region codes returned by :func:`subregions`.
+REGION_NAMES = {1: "trabecular body", 2: "cortical shell", 3: "left pedicle",
+                4: "right pedicle", 5: "other posterior elements"}
+
+_BALL26 = np.ones((3, 3, 3), bool)
+
+
+def dice(a, b) -> float:
+    """Dice overlap of two binary arrays (or Volumes)."""
+    a = np.asarray(getattr(a, "data", a)) > 0
+    b = np.asarray(getattr(b, "data", b)) > 0
+    s = a.sum() + b.sum()
+    return float(2.0 * np.logical_and(a, b).sum() / s) if s else 1.0
+
+
+def mask_from_labels(labels: Volume, values, min_truncation_mm2: float = 10.0) -> Volume:
+    """Binary mask of one vertebra from a label map.
+
+    Parameters
+    ----------
+    labels : Volume
+        Integer label map.
+    values : set of int
+        Label values that together form the vertebra.
+    min_truncation_mm2 : float
+        Contact area (mm^2) with the image border above which the vertebra counts as cut.
+
+    Returns
+    -------
+    Volume
+        uint8 mask (largest 26-connected component). ``meta`` holds ``label_values``,
+        ``n_components``, ``discarded_ml`` (volume dropped with the smaller components),
+        ``volume_ml``, ``truncated`` (bool), ``border_contact_mm2`` and ``truncated_faces``
+        (e.g. ``["k_max"]``).
+
+    Raises
+    ------
+    SegmentationError
+        No voxel carries any of ``values``.
+    """
+    values = {int(v) for v in values}
+    if not values:
+        raise SegmentationError("no label values given for the vertebra")
+    sel = np.isin(labels.data, list(values))
+    if not sel.any():
+        present = np.unique(labels.data)
+        present = present[present != 0][:40]
+        raise SegmentationError(
+            f"label value(s) {sorted(values)} not found in the label map (present: {present.tolist()})"
+        )
+    comp, n = ndi.label(sel, structure=_BALL26)
+    keep = sel
+    discarded = 0
+    if n > 1:
+        sizes = np.bincount(comp.ravel())[1:]
+        keep = comp == (int(np.argmax(sizes)) + 1)
+        discarded = int(sizes.sum() - sizes.max())
+    contact, faces = _border_contact(keep, labels.spacing)
+    vox_ml = labels.voxel_volume_mm3 / 1000.0
+    mask = labels.with_data(
+        keep.astype(np.uint8),
+        units="label",
+        kind="mask",
+        label_values=sorted(values),
+        n_components=int(n),
+        discarded_ml=discarded * vox_ml,
+        volume_ml=float(keep.sum()) * vox_ml,
+        truncated=bool(contact >= min_truncation_mm2),
+        border_contact_mm2=float(contact),
+        truncated_faces=[f for f, a in faces.items() if a >= min_truncation_mm2],
+    )
+    mask.meta.pop("label_names", None)
+    return mask
+
+
+def _border_contact(mask: np.ndarray, spacing) -> tuple[float, dict]:
+    """Area (mm^2) of the mask lying on each of the six faces of the image box."""
+    faces = {}
+    for ax in range(3):
+        other = [s for i, s in enumerate(spacing) if i != ax]
+        for end, name in ((0, "min"), (-1, "max")):
+            n = int(np.take(mask, end, axis=ax).sum())
+            if n:
+                faces[f"{'ijk'[ax]}_{name}"] = n * other[0] * other[1]
+    return (max(faces.values()) if faces else 0.0), faces
+
+
+def segment_vertebra(image: Volume, seed_lps=None, threshold: float | None = None,
+                     smooth_mm: float = 0.5, body_axis=None) -> Volume:
+    """Threshold-based segmentation of one vertebra in a QCT scan without labels.
+
+    Steps: light Gaussian smoothing, bone threshold, the component at ``seed_lps`` (default:
+    the component of at least 1 ml nearest the image centre), split from neighbouring
+    vertebrae by progressive erosion when they touch (pieces displaced along the body axis
+    by more than their in-plane offset are neighbours), closing, then hole filling in 3-D and
+    slice-wise in the two image planes that contain the body axis (filling axial slices
+    would close the spinal canal), so the low-density marrow is inside.
+
+    Parameters
+    ----------
+    image : Volume
+        CT in HU, or BMD in mg/cm^3 (``meta["units"]`` starting with ``"mg/cm^3"``).
+    seed_lps : array_like (3,), optional
+        A point (LPS mm) inside the wanted vertebra.
+    threshold : float, optional
+        Bone threshold; default 200 HU, or 150 mg/cm^3 for a density image.
+    smooth_mm : float
+        Gaussian sigma (mm) applied before thresholding.
+    body_axis : array_like (3,), optional
+        Inferior->superior direction (LPS); default the world +z axis.
+
+    Returns
+    -------
+    Volume
+        uint8 mask; ``meta`` holds ``threshold``, ``volume_ml``, ``split`` (bool).
+
+    Raises
+    ------
+    SegmentationError
+        Nothing above the threshold, or the seed outside any bone component.
+    """
+    is_density = str(image.meta.get("units", "")).startswith("mg/cm")
+    if threshold is None:
+        threshold = 150.0 if is_density else 200.0
+    h = image.spacing
+    data = image.data.astype(np.float32)
+    if smooth_mm > 0:
+        data = ndi.gaussian_filter(data, sigma=smooth_mm / h)
+    bone = data > threshold
+    comp, n = ndi.label(bone, structure=_BALL26)
+    if n == 0:
+        raise SegmentationError(f"no voxel above the bone threshold {threshold:g}")
+    target = _pick_component(image, comp, n, seed_lps)
+    vert = comp == target
+    axis = _unit(body_axis if body_axis is not None else (0.0, 0.0, 1.0))
+    vert, split = _split_neighbours(image, vert, axis)
+    radius = max(1.0, 1.5 * float(h.min()))
+    vert = _close(vert, radius, h)
+    vert = ndi.binary_fill_holes(vert)
+    k_ax = int(np.argmax(np.abs(image.direction.T @ axis)))
+    for ax in range(3):
+        if ax != k_ax:
+            vert = _fill_slices(vert, ax)
+    vert = ndi.binary_fill_holes(vert)
+    lab, m = ndi.label(vert, structure=_BALL26)
+    if m > 1:
+        vert = lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1)
+    return image.with_data(vert.astype(np.uint8), units="label", kind="mask", threshold=float(threshold),
+                           volume_ml=float(vert.sum()) * image.voxel_volume_mm3 / 1000.0, split=split)
+
+
+def _pick_component(image: Volume, comp: np.ndarray, n: int, seed_lps) -> int:
+    if seed_lps is not None:
+        ijk = np.round(image.world_to_index(np.asarray(seed_lps, float))).astype(int)
+        if np.any(ijk < 0) or np.any(ijk >= np.array(image.shape)):
+            raise SegmentationError(f"seed point {list(seed_lps)} lies outside the image")
+        # Accept a seed in the (sub-threshold) marrow: take the component nearest to it.
+        centre_idx = ijk.astype(float)
+    else:
+        centre_idx = (np.array(image.shape) - 1) / 2.0
+    sizes = np.bincount(comp.ravel(), minlength=n + 1)
+    min_vox = 1000.0 / image.voxel_volume_mm3  # 1 ml
+    ok = np.flatnonzero(sizes >= min_vox)
+    ok = ok[ok > 0]
+    if ok.size == 0:
+        ok = np.array([int(np.argmax(sizes[1:])) + 1])
+    if seed_lps is not None and comp[tuple(ijk)] > 0:
+        return int(comp[tuple(ijk)])
+    idx = np.argwhere(np.isin(comp, ok))
+    d = np.linalg.norm((idx - centre_idx) * image.spacing, axis=1)
+    best = int(np.argmin(d))
+    if seed_lps is not None and d[best] > 15.0:
+        raise SegmentationError(f"no bone within 15 mm of the seed point {list(seed_lps)}")
+    return int(comp[tuple(idx[best])])
+
+
+def _split_neighbours(image: Volume, vert: np.ndarray, axis: np.ndarray, max_mm: float = 4.0):
+    """Cut vertebrae joined to the target (e.g. across facets) by progressive erosion."""
+    h = image.spacing
+    edt = ndi.distance_transform_edt(vert, sampling=h)
+    centre = _centroid(image, vert)
+    for r in np.arange(float(h.min()), max_mm + 1e-9, float(h.min())):
+        lab, n = ndi.label(edt > r, structure=_BALL26)
+        if n < 2:
+            continue
+        sizes = np.bincount(lab.ravel())[1:]
+        big = np.flatnonzero(sizes >= 0.05 * sizes.max()) + 1
+        if big.size < 2:
+            continue
+        cents = np.array([_centroid(image, lab == b) for b in big])
+        own = big[int(np.argmin(np.linalg.norm(cents - centre, axis=1)))]
+        own_c = cents[list(big).index(own)]
+        off = cents - own_c
+        along = np.abs(off @ axis)
+        across = np.linalg.norm(off - np.outer(off @ axis, axis), axis=1)
+        neighbour = (along > across) & (along > 10.0)
+        if not neighbour.any():
+            continue
+        markers = np.zeros(vert.shape, np.int32)
+        for b, is_nb in zip(big, neighbour):
+            markers[lab == b] = 2 if is_nb else 1
+        _, inds = ndi.distance_transform_edt(markers == 0, sampling=h, return_indices=True)
+        nearest = markers[tuple(inds)]
+        out = vert & (nearest == 1)
+        lab2, m = ndi.label(out, structure=_BALL26)
+        if m > 1:
+            out = lab2 == (np.argmax(np.bincount(lab2.ravel())[1:]) + 1)
+        return out, True
+    return vert, False
+
+
+def _close(mask: np.ndarray, radius_mm: float, h) -> np.ndarray:
+    """Morphological closing with a ball of ``radius_mm`` via distance transforms."""
+    pad = int(np.ceil(radius_mm / h.min())) + 1
+    m = np.pad(mask, pad)
+    dil = ndi.distance_transform_edt(~m, sampling=h) <= radius_mm
+    ero = ndi.distance_transform_edt(dil, sampling=h) > radius_mm
+    return ero[pad:-pad, pad:-pad, pad:-pad] | mask
+
+
+def _fill_slices(mask: np.ndarray, axis: int) -> np.ndarray:
+    """Fill holes in every 2-D slice perpendicular to array ``axis``."""
+    m = np.moveaxis(mask, axis, 0)
+    st = np.zeros((3, 3, 3), bool)
+    st[1] = ndi.generate_binary_structure(2, 1)
+    filled = ndi.binary_fill_holes(m, structure=st)
+    return np.moveaxis(filled, 0, axis)
+
+
+def _unit(v) -> np.ndarray:
+    v = np.asarray(v, float).reshape(3)
+    n = np.linalg.norm(v)
+    if not np.isfinite(n) or n == 0:
+        raise SegmentationError("axis vector must be non-zero")
+    return v / n
+
+
+def _centroid(image: Volume, mask: np.ndarray) -> np.ndarray:
+    return image.index_to_world(np.argwhere(mask).mean(axis=0))
+
+
+def _points(image: Volume, mask: np.ndarray) -> np.ndarray:
+    return image.index_to_world(np.argwhere(mask))
+
+
+def _body_and_frame(mask: Volume, body_axis=None):
+    """Vertebral body (bool array) and frame dict of a vertebra mask."""
+    m = mask.data > 0
+    if not m.any():
+        raise SegmentationError("empty vertebra mask")
+    h = mask.spacing
+    pad = 2
+    mp = np.pad(m, pad)
+    edt = ndi.distance_transform_edt(mp, sampling=h)
+    radius = max(0.5 * float(edt.max()), 1.5 * float(h.max()))
+    core = ndi.distance_transform_edt(~(edt > radius), sampling=h) <= radius
+    core = (core & mp)[pad:-pad, pad:-pad, pad:-pad]
+    lab, n = ndi.label(core, structure=_BALL26)
+    if n == 0:
+        raise SegmentationError("vertebra mask too thin to find a vertebral body")
+    core = lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1)
+
+    core_pts = _points(mask, core)
+    centre = core_pts.mean(axis=0)
+    near_core = ndi.distance_transform_edt(~core, sampling=h) <= radius + h.max()
+    post = m & ~near_core
+    if body_axis is not None:
+        axis = _unit(body_axis)
+    else:
+        axis = None
+    if post.sum() > 0.01 * m.sum():
+        ap = centre - _points(mask, post).mean(axis=0)
+    else:  # no posterior elements (body-only mask): assume an axial scan, LPS -y anterior
+        ap = np.array([0.0, -1.0, 0.0])
+    if axis is None:
+        ap_u = _unit(ap)
+        q = core_pts - centre
+        basis = np.linalg.svd(np.eye(3) - np.outer(ap_u, ap_u))[0][:, :2]
+        w, v = np.linalg.eigh(np.cov((q @ basis).T))
+        axis = _unit(basis @ v[:, 0])
+        if axis[2] < 0:
+            axis = -axis
+    ap = _unit(ap - (ap @ axis) * axis)
+    ml = np.cross(axis, ap)  # points to the patient's left when ap points anterior
+
+    # Body: the mask inside the prism spanned by the core's footprint across the axis.
+    pts = _points(mask, m)
+    rel = pts - centre
+    u, v, w = rel @ ml, rel @ ap, rel @ axis
+    cu, cv, cw = (core_pts - centre) @ ml, (core_pts - centre) @ ap, (core_pts - centre) @ axis
+    cell = float(h.min())
+    lo = np.array([u.min(), v.min()]) - 2 * cell
+    shape2 = (np.ceil((np.array([u.max(), v.max()]) - lo) / cell) + 3).astype(int)
+    foot = np.zeros(shape2, bool)
+    foot[((cu - lo[0]) / cell).round().astype(int), ((cv - lo[1]) / cell).round().astype(int)] = True
+    foot = ndi.binary_fill_holes(ndi.binary_closing(foot, iterations=2))
+    in_foot = foot[((u - lo[0]) / cell).round().astype(int), ((v - lo[1]) / cell).round().astype(int)]
+    half = 0.5 * float(np.abs((mask.direction * h).T @ axis).max())
+    in_slab = (w >= cw.min() - half - 1e-6) & (w <= cw.max() + half + 1e-6)
+    body = np.zeros_like(m)
+    body[tuple(np.argwhere(m)[in_foot & in_slab].T)] = True
+    lab, n = ndi.label(body, structure=_BALL26)
+    if n > 1:
+        body = lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1)
+
+    bpts = _points(mask, body)
+    bc = bpts.mean(axis=0)
+    brel = bpts - bc
+    bw = brel @ axis
+    frame = {
+        "body_center": bc,
+        "body_axis": axis,
+        "ap_axis": ap,
+        "ml_axis": ml,
+        "upper_endplate": float(np.percentile(bw, 99.5) + half),
+        "lower_endplate": float(np.percentile(bw, 0.5) - half),
+        "body_width_mm": float(np.ptp(brel @ ml) + h.min()),
+        "body_depth_mm": float(np.ptp(brel @ ap) + h.min()),
+        "body_volume_ml": float(body.sum()) * mask.voxel_volume_mm3 / 1000.0,
+    }
+    frame["body_height_mm"] = frame["upper_endplate"] - frame["lower_endplate"]
+    return body, frame
+
+
+def vertebra_frame(mask: Volume, body_axis=None) -> dict:
+    """Anatomical frame of a vertebra from the geometry of its body (LPS mm).
+
+    The body is the compact anterior part (the morphological opening of the mask with a
+    ball of half the largest inscribed radius, extended to the mask within its footprint).
+    The AP axis points from the posterior elements' centroid to the body centre, the body
+    axis is the direction of least body extent across it (oriented towards LPS +z), and the
+    ML axis completes a right-handed frame and points to the patient's left.
+
+    Returns
+    -------
+    dict
+        ``body_center`` (3,), unit ``body_axis`` (inferior->superior), ``ap_axis``
+        (posterior->anterior), ``ml_axis`` (right->left); ``upper_endplate`` and
+        ``lower_endplate`` (mm along the body axis from the centre), ``body_height_mm``,
+        ``body_width_mm``, ``body_depth_mm``, ``body_volume_ml``.
+    """
+    return _body_and_frame(mask, body_axis)[1]
+
+
+def subregions(mask: Volume, body_axis=None, shell_mm: float = 1.0) -> Volume:
+    """Split a vertebra mask into sub-regions (codes in :data:`REGION_NAMES`).
+
+    1 trabecular body, 2 cortical shell (body voxels whose centre lies within ``shell_mm``
+    of the vertebra's surface, at least one voxel), 3 left and 4 right pedicle, 5 other
+    posterior elements. A pedicle is the posterior-element bone of its side from the body
+    up to where the cross-section, measured as a function of the distance from the body,
+    widens into the posterior arch (transverse process and lamina).
+
+    Returns
+    -------
+    Volume
+        uint8 region map; ``meta["frame"]`` holds :func:`vertebra_frame`'s dict and
+        ``meta["pedicle_length_mm"]`` the per-side pedicle lengths.
+    """
+    body, frame = _body_and_frame(mask, body_axis)
+    m = mask.data > 0
+    h = mask.spacing
+    out = np.zeros(m.shape, np.uint8)
+    edt = ndi.distance_transform_edt(np.pad(m, 1), sampling=h)[1:-1, 1:-1, 1:-1]
+    shell_lim = max(shell_mm + 0.5 * float(h.min()), 1.01 * float(h.min()))
+    out[body] = 1
+    out[body & (edt <= shell_lim)] = 2
+    post = m & ~body
+    out[post] = 5
+    lengths = {}
+    if post.any():
+        dist = ndi.distance_transform_edt(~body, sampling=h)
+        idx = np.argwhere(post)
+        side_coord = (mask.index_to_world(idx) - frame["body_center"]) @ frame["ml_axis"]
+        d = dist[tuple(idx.T)]
+        for code, name, sel in ((3, "left", side_coord > 0), (4, "right", side_coord < 0)):
+            length = _pedicle_length(d[sel], mask.voxel_volume_mm3, float(h.max()))
+            lengths[name] = length
+            if length > 0:
+                pick = idx[sel][d[sel] <= length]
+                out[tuple(pick.T)] = code
+    return mask.with_data(out, units="label", kind="regions", frame=frame, pedicle_length_mm=lengths)
+
+
+def _pedicle_length(d: np.ndarray, vox_mm3: float, hmax: float) -> float:
+    """Distance from the body (mm) where a side's posterior elements widen past the pedicle."""
+    if d.size == 0:
+        return 0.0
+    step = max(1.0, hmax)
+    edges = np.arange(0.0, min(float(d.max()), 40.0) + step, step)
+    if edges.size < 3:
+        return float(d.max())
+    area = np.histogram(d, bins=edges)[0] * vox_mm3 / step
+    ref = float(np.median(area[: min(3, area.size)]))
+    grow = np.flatnonzero(area[1:] > 1.5 * max(ref, 1e-9)) + 1
+    end = int(grow[0]) if grow.size else area.size
+    return float(edges[end])

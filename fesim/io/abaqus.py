@@ -1,0 +1,202 @@
+"""Abaqus / CalculiX input decks (.inp) for bone-screw tetrahedral models.
+
+Element types C3D4 / C3D10 (the C3D10 node order equals fesim's VTK order). Materials are
+binned (``fesim.mesh.materials.bin_materials``); every bin gets an ELSET ``MAT_k``, a
+*MATERIAL and a *SOLID SECTION. Regions become ELSETs ``REGION_<code>``. Node ids are
+1-based in the file and 0-based in Python.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from fesim.errors import InputError
+from fesim.mesh.materials import bin_materials
+from fesim.mesh.tetmesh import TetMesh
+
+_ETYPE = {4: "C3D4", 10: "C3D10"}
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,79}$")
+
+
+def _ids(ids, per_line: int = 16) -> list[str]:
+    ids = np.asarray(ids, dtype=np.int64).ravel() + 1
+    return [", ".join(map(str, ids[i:i + per_line])) for i in range(0, len(ids), per_line)]
+
+
+def _check_name(name: str) -> str:
+    if not _NAME.match(str(name)):
+        raise InputError(f"invalid set name {name!r}: use letters, digits, '_' or '-', start with a letter")
+    return str(name)
+
+
+def write_inp(path, mesh: TetMesh, E, nu, node_sets: dict | None = None, n_bins: int = 50,
+              steps: list | None = None, elem_sets: dict | None = None) -> dict:
+    """Write an .inp deck and return the material binning error.
+
+    Parameters
+    ----------
+    path : str or Path
+    mesh : TetMesh
+    E, nu : array (M,)
+        Young's modulus (MPa) and Poisson's ratio per element.
+    node_sets : dict of name -> node ids (0-based)
+    n_bins : int
+        Maximum number of materials per distinct Poisson's ratio.
+    steps : list of dict, optional
+        Each ``{"name": str, "boundary": [(set_name or node id, first_dof, last_dof, value_mm)],
+        "cload": [(set_name or node id, dof, force_N)]}`` becomes a linear *STATIC step that
+        writes displacements and reaction forces.
+    elem_sets : dict of name -> element ids (0-based), optional
+
+    Returns
+    -------
+    dict
+        ``n_materials``, ``max_rel_error``, ``mean_rel_error`` of E after binning.
+    """
+    E = np.asarray(E, float)
+    nu = np.asarray(nu, float)
+    if E.shape != (mesh.n_elements,) or nu.shape != (mesh.n_elements,):
+        raise InputError("E and nu must have one value per element")
+    bin_id, table, err = bin_materials(E, nu, n_bins)
+    node_sets = {_check_name(k): np.asarray(v, np.int64) for k, v in (node_sets or {}).items()}
+    for k, v in node_sets.items():
+        if v.size and (v.min() < 0 or v.max() >= mesh.n_nodes):
+            raise InputError(f"node set {k!r} has ids outside 0..{mesh.n_nodes - 1}")
+    out = ["*HEADING", "fesim bone-screw model; units mm, N, MPa", "*NODE"]
+    ids = np.arange(1, mesh.n_nodes + 1)
+    out += [f"{i}, {x:.9g}, {y:.9g}, {z:.9g}" for i, (x, y, z) in zip(ids, mesh.points)]
+    out.append(f"*ELEMENT, TYPE={_ETYPE[mesh.cells.shape[1]]}, ELSET=EALL")
+    conn = mesh.cells.astype(np.int64) + 1
+    eids = np.arange(1, mesh.n_elements + 1)
+    for i, row in zip(eids, conn):
+        s = ", ".join(map(str, row))
+        if len(row) == 10:  # keep lines short: continue after 8 entries
+            parts = s.split(", ")
+            s = ", ".join(parts[:8]) + ",\n" + ", ".join(parts[8:])
+            out.append(f"{i}, {s}")
+        else:
+            out.append(f"{i}, {s}")
+    for r in np.unique(mesh.region):
+        out.append(f"*ELSET, ELSET=REGION_{int(r)}")
+        out += _ids(np.flatnonzero(mesh.region == r))
+    for name, ids_ in (elem_sets or {}).items():
+        out.append(f"*ELSET, ELSET={_check_name(name)}")
+        out += _ids(ids_)
+    for name, ids_ in node_sets.items():
+        out.append(f"*NSET, NSET={name}")
+        out += _ids(ids_)
+    for k, (e, v) in enumerate(table):
+        out.append(f"*ELSET, ELSET=MAT_{k}")
+        out += _ids(np.flatnonzero(bin_id == k))
+        out += [f"*MATERIAL, NAME=M{k}", "*ELASTIC", f"{e:.9g}, {v:.9g}",
+                f"*SOLID SECTION, ELSET=MAT_{k}, MATERIAL=M{k}"]
+    for st in steps or []:
+        out += [f"** STEP {st.get('name', 'step')}", "*STEP", "*STATIC"]
+        if st.get("boundary"):
+            out.append("*BOUNDARY")
+            for target, a, b, val in st["boundary"]:
+                out.append(f"{_target(target, node_sets)}, {int(a)}, {int(b)}, {float(val):.9g}")
+        if st.get("cload"):
+            out.append("*CLOAD")
+            for target, dof, val in st["cload"]:
+                out.append(f"{_target(target, node_sets)}, {int(dof)}, {float(val):.9g}")
+        out += ["*NODE FILE", "U, RF", "*EL FILE", "S, E", "*END STEP"]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("\n".join(out) + "\n")
+    return err
+
+
+def _target(t, node_sets) -> str:
+    if isinstance(t, str):
+        if t not in node_sets:
+            raise InputError(f"step refers to unknown node set {t!r}")
+        return t
+    return str(int(t) + 1)
+
+
+def read_inp(path) -> dict:
+    """Read a deck written by :func:`write_inp` (nodes, elements, sets, materials, steps).
+
+    Returns
+    -------
+    dict
+        ``mesh`` (TetMesh, region from ``REGION_<code>`` sets), ``E``, ``nu`` (per element),
+        ``node_sets`` and ``elem_sets`` (0-based ids), ``steps`` (list of dicts as accepted
+        by :func:`write_inp`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"no such INP file: {path}")
+    nodes, elems, nsets, elsets, mats, sections, steps = {}, {}, {}, {}, {}, {}, []
+    mode, name, cur_mat, step, carry = None, None, None, None, ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("**"):
+            continue
+        if line.startswith("*"):
+            kw = [p.strip() for p in line[1:].split(",")]
+            key = kw[0].upper()
+            opts = {p.split("=")[0].upper(): p.split("=", 1)[1] for p in kw[1:] if "=" in p}
+            mode = key
+            if key == "NSET":
+                name = opts["NSET"]
+                nsets[name] = []
+            elif key == "ELSET":
+                name = opts["ELSET"]
+                elsets[name] = []
+            elif key == "MATERIAL":
+                cur_mat = opts["NAME"]
+            elif key == "SOLID SECTION":
+                sections[opts["ELSET"]] = opts["MATERIAL"]
+            elif key == "STEP":
+                step = {"name": f"step{len(steps)}", "boundary": [], "cload": []}
+                steps.append(step)
+            continue
+        vals = [v.strip() for v in line.split(",") if v.strip()]
+        if mode == "NODE":
+            nodes[int(vals[0])] = [float(v) for v in vals[1:4]]
+        elif mode == "ELEMENT":
+            row = [int(v) for v in (carry + ",".join(vals)).split(",")] if carry else [int(v) for v in vals]
+            carry = ""
+            if line.endswith(","):
+                carry = ",".join(vals) + ","
+                continue
+            elems[row[0]] = row[1:]
+        elif mode == "NSET":
+            nsets[name] += [int(v) for v in vals]
+        elif mode == "ELSET":
+            elsets[name] += [int(v) for v in vals]
+        elif mode == "ELASTIC":
+            mats[cur_mat] = (float(vals[0]), float(vals[1]))
+        elif mode == "BOUNDARY":
+            t = vals[0] if not vals[0].isdigit() else int(vals[0]) - 1
+            step["boundary"].append((t, int(vals[1]), int(vals[2]), float(vals[3]) if len(vals) > 3 else 0.0))
+        elif mode == "CLOAD":
+            t = vals[0] if not vals[0].isdigit() else int(vals[0]) - 1
+            step["cload"].append((t, int(vals[1]), float(vals[2])))
+    if not nodes or not elems:
+        raise InputError(f"{path} has no *NODE or *ELEMENT data")
+    nid = np.array(sorted(nodes))
+    if not np.array_equal(nid, np.arange(1, len(nid) + 1)):
+        raise InputError(f"{path}: node ids must run 1..N")
+    eid = np.array(sorted(elems))
+    points = np.array([nodes[i] for i in nid])
+    cells = np.array([elems[i] for i in eid], dtype=np.int64) - 1
+    pos = {int(e): k for k, e in enumerate(eid)}
+    region = np.zeros(len(eid), np.int32)
+    E = np.full(len(eid), np.nan)
+    nu = np.full(len(eid), np.nan)
+    for nm, ids in elsets.items():
+        idx = [pos[i] for i in ids]
+        if nm.upper().startswith("REGION_"):
+            region[idx] = int(nm.split("_", 1)[1])
+        if nm in sections:
+            E[idx], nu[idx] = mats[sections[nm]]
+    plain = {k: np.array(v, np.int64) - 1 for k, v in elsets.items()
+             if not k.upper().startswith(("REGION_", "MAT_")) and k.upper() != "EALL"}
+    return {"mesh": TetMesh(points, cells, region), "E": E, "nu": nu,
+            "node_sets": {k: np.array(v, np.int64) - 1 for k, v in nsets.items()},
+            "elem_sets": plain, "steps": steps}

@@ -1,0 +1,278 @@
+"""Bone material mapping: element BMD from the image (Bonemat-style) and density-modulus laws.
+
+Densities: BMD in mg/cm^3 K2HPO4-equivalent; ash and apparent density in g/cm^3.
+Sources and equations: /work/shared/reference/domain.md sections 2 and 3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from scipy.ndimage import distance_transform_edt, map_coordinates
+
+from fesim.errors import MeshError
+from fesim.imaging.volume import Volume
+from fesim.mesh.tetmesh import REGION_BONE, REGION_CAP_LOWER, REGION_SCREW0, TetMesh
+
+#: Ash / apparent density ratio (Schileo et al. 2008, J Biomech 41:2483).
+ASH_TO_APPARENT = 0.6
+#: Titanium tensile yield (MPa, Ti-6Al-4V) and PMMA cap constants (Bonelab spine FE).
+SCREW_YIELD_MPA = 880.0
+CAP_E_MPA, CAP_NU, CAP_YIELD_MPA = 2500.0, 0.3, 70.0
+#: Compressive yield strain of vertebral trabecular bone (Kopperdahl & Keaveny 1998), used
+#: for laws that give no strength: sigma_y = E * strain.
+YIELD_STRAIN = 0.0084
+NO_YIELD = 1.0e20
+
+try:  # the imaging stage's converter when present (same equations)
+    from fesim.imaging.calibration import qct_to_ash as _qct_to_ash  # type: ignore
+except ImportError:  # pragma: no cover - depends on which stages exist
+    _qct_to_ash = None
+
+
+def k2hpo4_to_ash(bmd_mg_cm3) -> np.ndarray:
+    """Ash density (g/cm^3) from K2HPO4-equivalent BMD (mg/cm^3): Keyak 1.22 rho_K + 0.0523.
+
+    Negative BMD (noise in fat or marrow) is clipped to 0 first.
+    """
+    rho_k = np.maximum(np.asarray(bmd_mg_cm3, dtype=float), 0.0) / 1000.0
+    return 1.22 * rho_k + 0.0523
+
+
+# ----------------------------------------------------------------------------------------
+# Element BMD
+# ----------------------------------------------------------------------------------------
+
+def _reference_rule(level: int) -> tuple[np.ndarray, np.ndarray]:
+    """Barycentric points (n, 4) and weights (n,) summing to 1: the symmetric 4-point rule
+    (degree 2) on each of the 8**level sub-tetrahedra of a uniform (red) subdivision."""
+    a, b = (5 + 3 * np.sqrt(5)) / 20, (5 - np.sqrt(5)) / 20
+    base = np.full((4, 4), b) + np.eye(4) * (a - b)
+    tets = [np.eye(4)]
+    for _ in range(level):
+        nxt = []
+        for t in tets:
+            m = {(i, j): 0.5 * (t[i] + t[j]) for i in range(4) for j in range(i + 1, 4)}
+            c, e = t, lambda i, j: m[(min(i, j), max(i, j))]
+            nxt += [np.array([c[0], e(0, 1), e(0, 2), e(0, 3)]), np.array([e(0, 1), c[1], e(1, 2), e(1, 3)]),
+                    np.array([e(0, 2), e(1, 2), c[2], e(2, 3)]), np.array([e(0, 3), e(1, 3), e(2, 3), c[3]]),
+                    np.array([e(0, 1), e(0, 2), e(0, 3), e(1, 3)]), np.array([e(0, 1), e(0, 2), e(1, 2), e(1, 3)]),
+                    np.array([e(0, 2), e(0, 3), e(1, 3), e(2, 3)]), np.array([e(0, 2), e(1, 2), e(1, 3), e(2, 3)])]
+        tets = nxt
+    pts = np.concatenate([base @ t for t in tets])
+    return pts, np.full(len(pts), 1.0 / len(pts))
+
+
+_RULES = {1: 0, 4: 1, 32: 2, 256: 3}
+
+
+def map_bmd(mesh: TetMesh, bmd: Volume, bone_mask: Volume, n_quad: int = 32,
+            bone_only: bool = True) -> np.ndarray:
+    """Element BMD (mg/cm^3): mean of the masked, trilinearly interpolated BMD over each element.
+
+    The BMD and the mask are interpolated separately and divided (normalised convolution), so
+    voxels outside the bone do not soften the surface elements. Where an element sees no mask
+    at all, the BMD of the nearest bone voxel is used.
+
+    Parameters
+    ----------
+    mesh : TetMesh
+    bmd : Volume
+        Calibrated BMD, mg/cm^3.
+    bone_mask : Volume
+        Non-zero = bone, on the same grid as ``bmd``.
+    n_quad : int
+        Quadrature points per element: 1 (centroid), 4 (degree 2), 32 or 256 (4-point rule on
+        8 or 64 sub-tetrahedra).
+    bone_only : bool
+        Return 0 for non-bone elements (screws, caps) instead of sampling them.
+
+    Returns
+    -------
+    ndarray (M,)
+    """
+    if n_quad not in _RULES:
+        raise MeshError(f"n_quad must be one of {sorted(_RULES)}, got {n_quad}")
+    if not bmd.same_grid(bone_mask):
+        raise MeshError("BMD volume and bone mask are not on the same grid")
+    w_mask = (np.asarray(bone_mask.data) != 0).astype(np.float64)
+    if not w_mask.any():
+        raise MeshError("the bone mask is empty")
+    val = np.asarray(bmd.data, dtype=np.float64)
+    # Nearest-bone-voxel extension as a fallback for elements that miss the mask.
+    idx = distance_transform_edt(w_mask == 0, sampling=bmd.spacing, return_distances=False,
+                                 return_indices=True)
+    ext = val[tuple(idx)]
+    sel = mesh.is_bone() if bone_only else np.ones(mesh.n_elements, bool)
+    out = np.zeros(mesh.n_elements)
+    bary, wts = _reference_rule(_RULES[n_quad])
+    corners = mesh.points[mesh.cells[sel, :4]]
+    q = np.einsum("qa,mai->mqi", bary, corners).reshape(-1, 3)
+    ijk = bmd.world_to_index(q).T
+    num = map_coordinates(val * w_mask, ijk, order=1, mode="constant", cval=0.0).reshape(-1, len(wts)) @ wts
+    den = map_coordinates(w_mask, ijk, order=1, mode="constant", cval=0.0).reshape(-1, len(wts)) @ wts
+    fb = map_coordinates(ext, ijk, order=1, mode="nearest").reshape(-1, len(wts)) @ wts
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out[sel] = np.where(den > 1e-6, num / den, fb)
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# Density-modulus-strength laws
+# ----------------------------------------------------------------------------------------
+
+def _keyak(rho):
+    e = np.where(rho <= 0.27, 33900.0 * rho**2.20,
+                 np.where(rho < 0.6, 5307.0 * rho + 469.0, 10200.0 * rho**2.01))
+    e = np.where(rho <= 0, 0.001, e)
+    s = np.where(rho <= 0.2, NO_YIELD, np.where(rho < 0.317, 137.0 * rho**1.88, 114.0 * rho**1.72))
+    return e, s
+
+
+def _morgan(rho):
+    e = 4730.0 * rho**1.56
+    return e, YIELD_STRAIN * e
+
+
+def _kopperdahl(rho):
+    return 2980.0 * rho**1.05, 37.4 * rho**1.39
+
+
+def _keller(rho):
+    return 1890.0 * rho**1.92, np.where(rho <= 0.2, NO_YIELD, 284.0 * rho**2.27)
+
+
+@dataclass(frozen=True)
+class Law:
+    """A density-elasticity-strength law: ``func(rho) -> (E MPa, yield MPa)``."""
+
+    name: str
+    density: str  # "ash", "apparent" or "qct" (K2HPO4 g/cm^3), all g/cm^3
+    func: Callable
+    source: str
+
+
+LAWS = {
+    "keyak": Law("keyak", "ash", _keyak,
+                 "Keyak piecewise law, PMC6069821 Table 1 (J Orthop Surg Res 2018;13:192)"),
+    "morgan": Law("morgan", "apparent", _morgan,
+                  "Morgan, Bayraktar & Keaveny 2003 J Biomech 36:897, vertebral; yield = E x 0.84 %"),
+    "kopperdahl": Law("kopperdahl", "qct", _kopperdahl,
+                      "Kopperdahl & Keaveny 1998 / Crawford 2003 QCT power laws (Bonelab spine FE)"),
+    "keller": Law("keller", "ash", _keller, "Keller 1994, vertebra (PMC6069821 Table 1)"),
+}
+
+
+@dataclass
+class Materials:
+    """Per-element material arrays, each (M,): E and yield stress in MPa, densities in g/cm^3."""
+
+    E: np.ndarray
+    nu: np.ndarray
+    yield_stress: np.ndarray
+    rho_ash: np.ndarray
+    rho_app: np.ndarray
+
+
+def apply_law(law: str, bmd_mg_cm3) -> tuple[np.ndarray, np.ndarray]:
+    """E (MPa) and yield stress (MPa) of bone with the given BMD under a named law."""
+    if law not in LAWS:
+        raise MeshError(f"unknown material law {law!r}; choose from {sorted(LAWS)}")
+    lw = LAWS[law]
+    bmd = np.asarray(bmd_mg_cm3, dtype=float)
+    ash = _qct_to_ash(bmd) if _qct_to_ash is not None else k2hpo4_to_ash(bmd)
+    rho = {"ash": ash, "apparent": ash / ASH_TO_APPARENT,
+           "qct": np.maximum(bmd, 0.0) / 1000.0}[lw.density]
+    e, s = lw.func(np.asarray(rho, dtype=float))
+    return np.asarray(e, float), np.asarray(s, float)
+
+
+def element_materials(mesh: TetMesh, bmd_elem: np.ndarray, law: str = "keyak", nu_bone: float = 0.3,
+                      e_floor_mpa: float = 1.0, cortical_law: str | None = None,
+                      cortical_threshold_mg_cm3: float = 350.0, screw_E: float = 110000.0,
+                      screw_nu: float = 0.3) -> Materials:
+    """Materials of every element: bone from ``law``, screws titanium, caps PMMA.
+
+    Parameters
+    ----------
+    mesh : TetMesh
+    bmd_elem : ndarray (M,)
+        Element BMD (mg/cm^3), e.g. from :func:`map_bmd`.
+    law : str
+        Key of :data:`LAWS` for bone.
+    e_floor_mpa : float
+        Lower bound on bone E (MPa) so the stiffness matrix stays well conditioned.
+    cortical_law : str, optional
+        Law used instead for bone elements with BMD >= ``cortical_threshold_mg_cm3``.
+    screw_E, screw_nu : float
+        Screw elastic constants (MPa, -).
+    """
+    bmd_elem = np.asarray(bmd_elem, dtype=float)
+    if bmd_elem.shape != (mesh.n_elements,):
+        raise MeshError(f"bmd_elem has shape {bmd_elem.shape}, expected ({mesh.n_elements},)")
+    if not np.all(np.isfinite(bmd_elem)):
+        raise MeshError("element BMD contains NaN or infinite values")
+    m = mesh.n_elements
+    bone = mesh.region == REGION_BONE
+    ash = np.where(bone, k2hpo4_to_ash(bmd_elem) if _qct_to_ash is None else _qct_to_ash(bmd_elem), 0.0)
+    E, sy = apply_law(law, bmd_elem)
+    if cortical_law is not None:
+        ec, sc = apply_law(cortical_law, bmd_elem)
+        cort = bmd_elem >= cortical_threshold_mg_cm3
+        E, sy = np.where(cort, ec, E), np.where(cort, sc, sy)
+    E = np.where(bone, np.maximum(E, e_floor_mpa), 0.0)
+    sy = np.where(bone, sy, 0.0)
+    nu = np.where(bone, nu_bone, 0.0)
+    screw = (mesh.region >= REGION_SCREW0) & (mesh.region < REGION_CAP_LOWER)
+    cap = mesh.region >= REGION_CAP_LOWER
+    E = np.where(screw, screw_E, np.where(cap, CAP_E_MPA, E))
+    nu = np.where(screw, screw_nu, np.where(cap, CAP_NU, nu))
+    sy = np.where(screw, SCREW_YIELD_MPA, np.where(cap, CAP_YIELD_MPA, sy))
+    unknown = ~(bone | screw | cap)
+    if unknown.any():
+        raise MeshError(f"unknown region codes {np.unique(mesh.region[unknown]).tolist()}")
+    return Materials(E.astype(float), nu.astype(float), sy.astype(float), ash,
+                     ash / ASH_TO_APPARENT)
+
+
+def bin_materials(E: np.ndarray, nu: np.ndarray, n_bins: int = 50) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Group elements into at most ``n_bins`` materials per Poisson's ratio (log-spaced E bins).
+
+    Returns
+    -------
+    bin_id : ndarray (M,) int
+        Material index of every element (0-based, dense).
+    table : ndarray (K, 2)
+        (E, nu) of each material; E is the mean of its elements' E (MPa).
+    error : dict
+        ``n_materials``, ``max_rel_error`` and ``mean_rel_error`` of E after binning.
+    """
+    E = np.asarray(E, float)
+    nu = np.asarray(nu, float)
+    if n_bins < 1:
+        raise MeshError("n_bins must be at least 1")
+    if np.any(E <= 0):
+        raise MeshError("all Young's moduli must be positive to bin materials")
+    keys = np.zeros(len(E), np.int64)
+    _, nu_id = np.unique(nu, return_inverse=True)
+    for g in np.unique(nu_id):
+        sel = nu_id == g
+        le = np.log(E[sel])
+        uniq = np.unique(E[sel])
+        if len(uniq) <= n_bins:
+            k = np.searchsorted(uniq, E[sel])
+        else:
+            edges = np.linspace(le.min(), le.max(), n_bins + 1)
+            k = np.clip(np.searchsorted(edges, le, side="right") - 1, 0, n_bins - 1)
+        keys[sel] = g * (n_bins + 1) + k
+    _, bin_id = np.unique(keys, return_inverse=True)
+    bin_id = bin_id.ravel()
+    k = bin_id.max() + 1
+    cnt = np.bincount(bin_id, minlength=k)
+    e_bin = np.bincount(bin_id, weights=E, minlength=k) / cnt
+    nu_bin = np.bincount(bin_id, weights=nu, minlength=k) / cnt
+    rel = np.abs(e_bin[bin_id] - E) / E
+    err = {"n_materials": int(k), "max_rel_error": float(rel.max()), "mean_rel_error": float(rel.mean())}
+    return bin_id, np.column_stack([e_bin, nu_bin]), err

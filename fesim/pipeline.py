@@ -1,0 +1,284 @@
+"""The whole chain for one scan: image -> BMD -> mask and screws -> mesh -> FE -> result.json.
+
+:func:`run_scan` is what ``fesim run`` and the cohort runner call. Each stage's output is a
+small object handed to the next stage; the stage timings and every reported number are
+computed here from the image, never assumed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field, asdict, fields
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import InputError, ScrewPlanError
+from .imaging.volume import Volume
+from .imaging.screwplan import ScrewPlan
+
+
+@dataclass
+class RunOptions:
+    """Options of one scan's analysis (CLI flags map 1:1 onto these).
+
+    Lengths in mm, densities in mg/cm^3 (K2HPO4-equivalent unless ``rod_material="HA"``).
+    """
+
+    labels: str | None = None               # label map (NIfTI) on the CT grid
+    level: str = "L4"                       # vertebra to analyse when a label map is given
+    label_values: str | None = None         # "1,2,3" accepted as one vertebra (overrides level)
+    convention: str = "totalseg_v2"         # label numbering of the map
+    series_uid: str | None = None           # DICOM series to read when a folder holds several
+    calibration: str = "auto"               # auto | phantom | internal | none
+    rod_densities: tuple = (0.0, 50.0, 100.0, 200.0)
+    rod_material: str = "K2HPO4"
+    screws: str = "both"                    # none | left | right | both
+    trajectory: str = "traditional"         # traditional | cortical
+    screw_length_mm: float | None = None
+    screw_diameter_mm: float | None = None
+    screw_entry: tuple | None = None        # user screw: entry (LPS mm) ...
+    screw_direction: tuple | None = None    # ... and direction (LPS)
+    mesh_size_mm: float = 2.0
+    screw_mesh_size_mm: float = 1.0
+    element_order: int = 1
+    law: str = "keyak"
+    nu_bone: float = 0.3
+    strength: str = "nonlinear"             # nonlinear | surrogate
+    solver: str = "auto"
+    screw_roi_radius_mm: float | None = None
+    write_vtk: bool = True
+    max_steps: int = 30
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunOptions":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise InputError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    """Write JSON to ``path`` atomically (temporary file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(obj, fh, indent=2, default=_json_default)
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+class _Timer:
+    def __init__(self):
+        self.t = {}
+
+    def __call__(self, name):
+        timer = self
+
+        class _Ctx:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.t[name] = timer.t.get(name, 0.0) + time.perf_counter() - self.t0
+
+        return _Ctx()
+
+
+def load_image(scan, opts: RunOptions) -> Volume:
+    """Read a DICOM folder or a NIfTI file into a HU (or density) volume."""
+    scan = Path(scan)
+    if not scan.exists():
+        raise InputError(f"no such file or folder: {scan}")
+    name = scan.name.lower()
+    if scan.is_file() and (name.endswith(".nii") or name.endswith(".nii.gz")):
+        from .imaging.nifti import read_nifti
+
+        return read_nifti(scan, kind="ct")
+    from .imaging.dicom import read_dicom_series
+
+    return read_dicom_series(scan, series_uid=opts.series_uid)
+
+
+def calibrate(hu: Volume, opts: RunOptions):
+    """HU -> BMD calibration as chosen by ``opts.calibration`` (auto: phantom, else internal)."""
+    from .imaging import calibration as cal
+    from .errors import CalibrationError
+
+    method = opts.calibration
+    if hu.meta.get("units") in ("mg/cm3", "mg/cm^3") or method == "none":
+        c = cal.no_calibration(material=opts.rod_material)
+    elif method == "phantom":
+        c = cal.phantom_calibration(hu, opts.rod_densities, material=opts.rod_material)
+    elif method == "internal":
+        c = cal.internal_calibration(hu)
+    elif method == "auto":
+        try:
+            c = cal.phantom_calibration(hu, opts.rod_densities, material=opts.rod_material)
+        except CalibrationError as exc:
+            warnings.warn(f"phantom calibration failed ({exc}); using phantomless internal calibration")
+            c = cal.internal_calibration(hu)
+    else:
+        raise InputError(f"unknown calibration {method!r}: use phantom, internal, none or auto")
+    return c, c.apply(hu)
+
+
+def segment(bmd: Volume, opts: RunOptions) -> Volume:
+    """Vertebra mask from a label map (when given) or by thresholding the BMD image."""
+    from .imaging import segmentation as seg
+
+    if opts.labels:
+        from .imaging.labels import parse_label_values, resolve_level
+        from .imaging.nifti import check_same_grid, read_label_names, read_nifti
+
+        labels = read_nifti(opts.labels, kind="labels")
+        check_same_grid(bmd, labels)
+        if opts.label_values:
+            values = parse_label_values(opts.label_values)
+        else:
+            values = resolve_level(opts.level, opts.convention, labels.meta.get("label_names"))
+        return seg.mask_from_labels(labels, values)
+    return seg.segment_vertebra(bmd)
+
+
+def plan(mask: Volume, regions: Volume, opts: RunOptions) -> list[ScrewPlan]:
+    from .imaging import planning
+
+    if opts.screw_entry is not None or opts.screw_direction is not None:
+        if opts.screw_entry is None or opts.screw_direction is None:
+            raise InputError("a user screw needs both --screw-entry and --screw-direction")
+        s = ScrewPlan("user", opts.screw_entry, opts.screw_direction,
+                      length_mm=opts.screw_length_mm or 40.0, diameter_mm=opts.screw_diameter_mm or 6.5,
+                      trajectory="user")
+        planning.check_screw(mask, s)
+        return [s]
+    if opts.screws == "none":
+        return []
+    sides = {"both": ("left", "right"), "left": ("left",), "right": ("right",)}.get(opts.screws)
+    if sides is None:
+        raise InputError(f"--screws must be none, left, right or both, not {opts.screws!r}")
+    return planning.plan_screws(mask, regions=regions, sides=sides, trajectory=opts.trajectory,
+                                length_mm=opts.screw_length_mm, diameter_mm=opts.screw_diameter_mm)
+
+
+def bmd_measures(bmd: Volume, mask: Volume, regions: Volume, frame: dict, screws, opts) -> dict:
+    from .imaging import bmd as bm
+
+    body = regions.with_data(np.isin(regions.data, (1, 2)).astype(np.uint8))
+    out = {
+        "vbmd_trabecular_mg_cm3": bm.trabecular_vbmd(bmd, body, frame=frame),
+        "vbmd_integral_mg_cm3": bm.integral_vbmd(bmd, body),
+        "abmd_g_cm2": bm.areal_bmd(bmd, body, frame["ap_axis"]),
+    }
+    per = [bm.screw_vbmd(bmd, s, mask, radius_mm=opts.screw_roi_radius_mm) for s in screws]
+    out["vbmd_screw_mg_cm3"] = float(np.mean(per)) if per else float("nan")
+    out["vbmd_screw_per_screw_mg_cm3"] = per
+    return out
+
+
+def run_scan(scan, out_dir, **options) -> dict:
+    """Analyse one scan end to end and write ``out_dir/result.json`` (and VTK files).
+
+    Parameters
+    ----------
+    scan : path of a DICOM folder or a NIfTI CT file
+    out_dir : output folder (created)
+    **options : fields of :class:`RunOptions`
+
+    Returns
+    -------
+    dict
+        The contents of ``result.json``.
+    """
+    from .analysis.loadcases import BodyFrame, compression_case, pullout_case
+    from .analysis.strength import run_strength
+    from .analysis.outputs import write_case_outputs
+    from .imaging.segmentation import subregions
+    from .mesh.mesher import mesh_vertebra
+    from .mesh.materials import element_materials, map_bmd
+    from .mesh.quality import quality_report
+    from .mesh.tetmesh import to_quadratic
+
+    opts = RunOptions.from_dict(options)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    T = _Timer()
+    with T("read"):
+        hu = load_image(scan, opts)
+    with T("calibrate"):
+        calib, bmd = calibrate(hu, opts)
+    with T("segment"):
+        mask = segment(bmd, opts)
+        regions = subregions(mask)
+        frame = regions.meta["frame"]
+    with T("plan"):
+        screws = plan(mask, regions, opts)
+    with T("bmd"):
+        measures = bmd_measures(bmd, mask, regions, frame, screws, opts)
+    with T("mesh"):
+        mesh = mesh_vertebra(mask, screws, size_mm=opts.mesh_size_mm, screw_size_mm=opts.screw_mesh_size_mm)
+        if opts.element_order == 2:
+            mesh = to_quadratic(mesh)
+        quality = quality_report(mesh)
+    with T("materials"):
+        elem_bmd = map_bmd(mesh, bmd, mask)
+        mat = element_materials(mesh, elem_bmd, law=opts.law, nu_bone=opts.nu_bone)
+    radius = 0.5 * min(frame["body_width_mm"], frame["body_depth_mm"])
+    bframe = BodyFrame(frame["body_center"], frame["body_axis"], radius)
+    cases = [compression_case(mesh, bframe)]
+    cases += [pullout_case(mesh, s, i, bframe) for i, s in enumerate(screws)]
+    analyses = {}
+    for case in cases:
+        with T(case.name):
+            res = run_strength(mesh, mat.E, mat.nu, case, solver=opts.solver, max_steps=opts.max_steps,
+                               snapshot_every=3 if opts.write_vtk else 0)
+        analyses[case.name] = res
+        with T("write"):
+            write_case_outputs(out, mesh, mat, elem_bmd, res, vtk=opts.write_vtk)
+
+    def strength(r):
+        return r.strength_N if opts.strength == "nonlinear" else r.surrogate_strength_N
+
+    comp = analyses["compression"]
+    pulls = [analyses[c.name] for c in cases[1:]]
+    result = {
+        "scan_id": hu.meta.get("pseudonym") or hu.meta.get("series_key"),
+        "pullout_strength_N": float(np.mean([strength(r) for r in pulls])) if pulls else float("nan"),
+        "pullout_stiffness_N_per_mm": float(np.mean([r.stiffness_N_per_mm for r in pulls])) if pulls else float("nan"),
+        "compression_strength_N": strength(comp),
+        "compression_stiffness_N_per_mm": comp.stiffness_N_per_mm,
+        **{k: v for k, v in measures.items()},
+        "n_nodes": mesh.n_nodes,
+        "n_elements": mesh.n_elements,
+        "n_dofs": 3 * mesh.n_nodes,
+        "element_order": mesh.order,
+        "strength_criterion": comp.criterion if opts.strength == "nonlinear" else
+        "linear surrogate: load at which 2 % of bone volume exceeds its yield strain",
+        "fesim_version": __version__,
+        "timings_s": T.t,
+        "calibration": calib.to_dict(),
+        "screws": [s.to_dict() for s in screws],
+        "mesh_quality": quality,
+        "material_law": opts.law,
+        "analyses": {name: {**r.summary(), "strength_criterion": r.criterion}
+                     for name, r in analyses.items()},
+        "options": asdict(opts),
+    }
+    atomic_write_json(out / "result.json", result)
+    return result

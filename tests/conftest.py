@@ -1,0 +1,43 @@
+"""Shared test fixtures: external tools and the real CT data beside the project."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    env = os.environ.get("FESIM_TEST_DATA")
+    return Path(env) if env else ROOT.parent / "shared" / "data"
+
+
+def require_tool(name: str) -> str:
+    """Path of an external program; skip when absent, fail in CI (FESIM_REQUIRE_TOOLS=1)."""
+    path = shutil.which(name)
+    if path is None:
+        msg = f"{name} not found on PATH (CI installs it: see .ci/run)"
+        if os.environ.get("FESIM_REQUIRE_TOOLS") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture
+def ccx():
+    return require_tool("ccx")
+
+
+@pytest.fixture
+def pvpython():
+    return require_tool("pvpython")
+
+
+@pytest.fixture
+def real_data() -> Path:
+    d = shared_data_dir() / "totalsegmentator"
+    if not d.is_dir():
+        pytest.skip(f"real CT data not found at {d} (set FESIM_TEST_DATA or place ../shared/data)")
+    return d
