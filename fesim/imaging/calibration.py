@@ -168,7 +168,7 @@ def _rod_candidates(img: np.ndarray, pix: float, radius_range_mm):
         c = np.array([ci.mean(), cj.mean()])
         cov = np.cov(np.stack([ci, cj])) if ci.size > 2 else np.eye(2)
         ev = np.linalg.eigvalsh(cov)
-        if ev[0] <= 0 or ev[0] / ev[1] < 0.8:
+        if ev[0] <= 0 or ev[0] / ev[1] < 0.6:
             continue
         r_in = np.sqrt(ci.size / np.pi)
         if np.hypot(ci - c[0], cj - c[1]).max() > 1.3 * r_in + 1.0:  # holes / spurs

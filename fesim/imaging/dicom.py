@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import ImplicitVRLittleEndian
 
 from fesim.errors import DicomError
 from fesim.imaging.volume import Volume
 
 CT_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1"}
-DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 #: Which package decodes which compressed transfer syntax (UID prefix -> hint).
 DECODER_HINTS = {
     "1.2.840.10008.1.2.4.9": "pylibjpeg + pylibjpeg-openjpeg (JPEG 2000)",
@@ -78,9 +78,15 @@ class _Slice:
     slope: float
     intercept: float
 
+    @property
+    def name(self) -> str:
+        return self.path.name if self.frame is None else f"{self.path.name}[frame {self.frame + 1}]"
 
-def _short(paths, n=3) -> str:
-    names = [Path(p).name for p in paths]
+
+def _short(items, n=3) -> str:
+    """A few names of files (paths) or planes (_Slice), deduplicated, for error messages."""
+    names = list(dict.fromkeys(getattr(p, "name", None) if isinstance(p, _Slice) else Path(p).name
+                               for p in items))
     more = f" (+{len(names) - n} more)" if len(names) > n else ""
     return ", ".join(names[:n]) + more
 
@@ -117,6 +123,25 @@ def _find_files(path: Path) -> list[Path]:
     if not files:
         raise DicomError(f"no files in DICOM folder {path}")
     return files
+
+
+def _read(path: Path, headers_only: bool):
+    """Read a file as DICOM, also without the Part-10 preamble (old ACR-NEMA style); None if not DICOM."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=headers_only)
+    except InvalidDicomError:
+        pass
+    except (OSError, ValueError, EOFError):
+        return None
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=headers_only, force=True)
+    except Exception:  # arbitrary bytes can fail in many ways
+        return None
+    if not all(k in ds for k in ("Rows", "Columns", "ImagePositionPatient")):
+        return None
+    if "TransferSyntaxUID" not in ds.file_meta:
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    return ds
 
 
 def _slices_of(ds, path: Path) -> list[_Slice]:
@@ -164,12 +189,8 @@ def _scan(path) -> tuple[dict, dict]:
     files = _find_files(path)
     groups, headers = defaultdict(list), {}
     for f in files:
-        try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError, EOFError):
-            continue
-        sop = str(ds.get("SOPClassUID", "") or getattr(ds.get("file_meta", None) or {}, "MediaStorageSOPClassUID", ""))
-        if sop == DICOMDIR_CLASS or "Rows" not in ds:
+        ds = _read(f, headers_only=True)
+        if ds is None or "Rows" not in ds:  # not DICOM, DICOMDIR, or no image (SR, RTSTRUCT...)
             continue
         key = _series_key(ds)
         groups[key].append((f, ds))
@@ -335,8 +356,8 @@ def read_dicom_series(path, series_uid: str | None = None, allow_non_ct: bool = 
     slices, normal, step = _check_geometry(info.slices, spacing_tol)
     frames, header = {}, None
     for p in dict.fromkeys(s.path for s in slices):
-        ds = pydicom.dcmread(p)
-        header = header or ds
+        ds = _read(p, headers_only=False)
+        header = ds if header is None else header
         frames[p] = _decode(p, ds)
     planes = np.stack([frames[s.path][s.frame or 0].astype(np.float32) * np.float32(s.slope)
                        + np.float32(s.intercept) for s in slices], axis=-1)
