@@ -7,8 +7,10 @@ B = p a^2 b^2 (1+nu) / (E (b^2-a^2)). The exact field is prescribed on the whole
 there), so errors come from the interior approximation only.
 
 Theory for smooth solutions: L2 displacement error O(h^(p+1)), energy (strain) error O(h^p).
-Observed rates are asserted within 0.3 of theory: the meshes are coarse (pre-asymptotic
-terms of relative size ~h) and the finest pair is what we can afford in < 60 s.
+Observed rates (finest pair) are asserted within 0.2 of theory: measured deviations are
+below 0.05 (tet4 L2 2.004/2.001, energy 0.997/0.999; tet10 L2 2.995/3.000, energy 1.995/1.998),
+the margin covers pre-asymptotic terms on the coarse levels affordable in < 60 s while a
+wrong element (e.g. a lost quadrature point or mid-node) drops a rate by >= 0.5.
 """
 
 import numpy as np
@@ -121,5 +123,5 @@ def _rates(levels, order):
 def test_convergence_rates(order, levels):
     r_l2, r_en, l2, en = _rates(levels, order)
     assert np.all(np.diff(l2) < 0) and np.all(np.diff(en) < 0)
-    assert abs(r_l2[-1] - (order + 1)) < 0.3, (r_l2, l2)
-    assert abs(r_en[-1] - order) < 0.3, (r_en, en)
+    assert abs(r_l2[-1] - (order + 1)) < 0.2, (r_l2, l2)
+    assert abs(r_en[-1] - order) < 0.2, (r_en, en)

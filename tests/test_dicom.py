@@ -71,7 +71,8 @@ def test_roundtrip_identity(phantom, series):
     assert not {"PatientName", "PatientID", "PatientBirthDate"} & set(meta)
     # The fake identifiers are in the files (so de-identification can be proven downstream).
     ds = pydicom.dcmread(next(series.iterdir()))
-    assert str(ds.PatientName) == "SYNTH^JANE" and ds.PatientID == "SYN-7" and ds.SOPClassUID.name == "CT Image Storage"
+    assert str(ds.PatientName) == "SYNTH^JANE" and ds.PatientID == "SYN-7"
+    assert ds.SOPClassUID.name == "CT Image Storage" and ds.PatientBirthDate == "19480312"
 
 
 @pytest.mark.parametrize("direction,handed", [
@@ -183,6 +184,20 @@ def test_dicomdir(phantom, series, tmp_path):
         assert np.array_equal(vol.data, read_dicom_series(series).data)
 
 
+def test_files_without_preamble(phantom, copy):
+    from pydicom.dataset import FileMetaDataset
+
+    def strip(k, ds):
+        ds.file_meta, ds.preamble = FileMetaDataset(), None
+    for f in copy.iterdir():
+        ds = pydicom.dcmread(f)
+        strip(0, ds)
+        ds.save_as(f, implicit_vr=True, little_endian=True)
+    assert open(next(copy.iterdir()), "rb").read(4) != b"\x00" * 4  # no 128-byte preamble
+    vol = read_dicom_series(copy)
+    assert np.abs(vol.data - phantom.hu.data).max() <= 1.0
+
+
 # ---- broken input -------------------------------------------------------------------
 
 
@@ -215,6 +230,27 @@ def test_gantry_tilt(copy):
     _edit(copy, tilt)
     with pytest.raises(DicomError, match=r"gantry tilt of 15\.0"):
         read_dicom_series(copy)
+
+
+def test_slice_shifted_in_plane(copy):
+    def shift(k, ds):
+        if k == 9:
+            p = [float(v) for v in ds.ImagePositionPatient]
+            ds.ImagePositionPatient = [p[0] + 2.0, p[1], p[2]]
+    _edit(copy, shift)
+    with pytest.raises(DicomError, match=r"shifted 2\.\d+ mm in-plane"):
+        read_dicom_series(copy)
+
+
+def test_enhanced_errors_name_frames(phantom, tmp_path):
+    vol = Volume(phantom.hu.data[:, :, :5], phantom.hu.spacing, phantom.hu.origin)
+    write_dicom_series(vol, tmp_path / "mf", enhanced=True, uid_key="gap")
+    ds = pydicom.dcmread(next((tmp_path / "mf").iterdir()))
+    ds.PerFrameFunctionalGroupsSequence[3].PlanePositionSequence[0].ImagePositionPatient = \
+        [float(v) for v in phantom.hu.origin + [0, 0, 2.0]]
+    ds.save_as(next((tmp_path / "mf").iterdir()))
+    with pytest.raises(DicomError, match=r"duplicate slice positions.*enhanced_ct.dcm\[frame \d\]"):
+        read_dicom_series(tmp_path / "mf")
 
 
 def test_uneven_spacing(copy):
@@ -294,6 +330,8 @@ def test_real_compressed_series():
     assert vol.data.min() == -1024 and 1000 < vol.data.max() < 3100
     info = list_series(folder)
     assert len(info) == 1 and info[0].uid.startswith("auto-") and info[0].chosen
+    assert info[0].slice_spacing_mm == pytest.approx(2.0) and info[0].n_files == 20
+    assert not {"PatientName", "PatientID", "PatientBirthDate"} & set(vol.meta)
     seg_path = folder.parent / "example_seg_dicom.nii.gz"
     if seg_path.is_file():
         import nibabel as nib

@@ -24,9 +24,14 @@ def _rot(axis, deg):
 
 
 def _roi_mean(vol, center, radius):
-    pts = vol.index_to_world(np.argwhere(np.ones(vol.shape, bool)))
-    inside = np.linalg.norm(pts - center, axis=1) <= radius
-    return float(vol.data.reshape(-1)[inside].mean())
+    """Mean of the voxels whose centres lie within ``radius`` mm of ``center`` (LPS)."""
+    c = vol.world_to_index(center)
+    half = np.ceil(radius / vol.spacing) + 1
+    lo = np.maximum(np.floor(c - half), 0).astype(int)
+    hi = np.minimum(np.ceil(c + half) + 1, vol.shape).astype(int)
+    ijk = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij"), -1).reshape(-1, 3)
+    inside = np.linalg.norm(vol.index_to_world(ijk) - center, axis=1) <= radius
+    return float(vol.data[tuple(ijk[inside].T)].mean())
 
 
 def test_grid_and_types(phantom):
@@ -129,9 +134,19 @@ def test_direction_keeps_anatomy(phantom, direction):
     assert _roi_mean(rot.hu, rod.center, 3.5) == pytest.approx(_roi_mean(phantom.hu, rod.center, 3.5), abs=5)
 
 
-def test_bad_direction():
-    with pytest.raises(InputError):
+def test_bad_input():
+    with pytest.raises(InputError, match="orthonormal"):
         make_phantom(PhantomSpec(direction=np.diag([1.0, 2.0, 1.0])))
+    with pytest.raises(InputError, match="too many calibration rods"):
+        make_phantom(PhantomSpec(rods_mg_cm3=tuple(range(0, 450, 50))))
+
+
+def test_seven_rods_fit_the_field():
+    p = make_phantom(PhantomSpec(rods_mg_cm3=(0, 25, 50, 75, 100, 150, 200), noise_hu=0, blur_mm=0))
+    for rod in p.rods:
+        assert np.all(np.abs(rod.center[:2]) + rod.radius_mm < [55, 75])
+        assert p.bmd.sample(rod.center, order=0) == rod.bmd_mg_cm3
+        assert p.hu.sample(rod.center, order=0) == round(p.spec.hu_offset + p.spec.hu_per_mg * rod.bmd_mg_cm3)
 
 
 def test_write_phantom_files(tmp_path, phantom):

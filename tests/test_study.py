@@ -126,6 +126,25 @@ def test_run_cohort_failure_isolation(tmp_path):
     assert len(rows) == 4 and len(CALLS) == 1 and co.load_failures(tmp_path) == []
 
 
+def test_interrupted_run_keeps_finished_rows_and_resumes(tmp_path):
+    scans = _scans(tmp_path, n_patients=1, months=(0, 12, 24))
+    calls = []
+
+    def interrupt_on_second(scan_path, out_dir, **kw):
+        calls.append(out_dir.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return fake_run_one(scan_path, out_dir, **kw)
+
+    with pytest.raises(KeyboardInterrupt):
+        co.run_cohort(scans, tmp_path, run_one=interrupt_on_second)
+    assert [r["month"] for r in co.load_results_csv(tmp_path / "results.csv")] == [0]
+    CALLS.clear()
+    rows = co.run_cohort(scans, tmp_path, run_one=fake_run_one)
+    assert [os.path.basename(c) for c in CALLS] == ["P01_m12", "P01_m24"]
+    assert len(rows) == 3
+
+
 def test_run_cohort_rejects_incomplete_result(tmp_path):
     def partial(scan_path, out_dir, **kw):
         return {"pullout_strength_N": 1.0}
@@ -165,6 +184,10 @@ def test_scan_validation_and_manifest(tmp_path):
         co.normalise_scans([{"patient": "../x", "month": 0}])
     with pytest.raises(InputError, match="month"):
         co.normalise_scans([{"patient": "P1", "month": "twelve"}])
+    with pytest.raises(InputError, match="dxa_abmd"):
+        co.normalise_scans([{"patient": "P1", "month": 0, "dxa_abmd_g_cm2": "high"}])
+    with pytest.raises(InputError, match="no scans"):
+        co.normalise_scans([])
     with pytest.raises(InputError, match="backend"):
         co.run_cohort([{"patient": "P1", "month": 0}], tmp_path, run_one=fake_run_one, backend="x")
     (tmp_path / "a.nii").write_text("x")
@@ -181,6 +204,12 @@ def test_scan_validation_and_manifest(tmp_path):
     with pytest.raises(InputError, match="month"):
         co.load_manifest(tmp_path / "m3.csv")
     assert issubclass(InputError, FesimError)
+    spec = synthetic_cohort(1, (0,), seed=2)[0]
+    norm = co.normalise_scans([spec])[0]
+    assert norm.path is None and norm.dxa_abmd_g_cm2 == spec.dxa_abmd_g_cm2
+    assert norm.extra == {"density_scale": spec.density_scale, "phantom_seed": spec.phantom_seed}
+    assert isinstance(spec, ScanSpec)
+    assert set(spec.as_scan("/x/dicom")) == {"patient", "month", "path", "dxa_abmd_g_cm2"}
     # manifest scans run with the path and the DXA value carried to the row
     rows = co.run_cohort(man, tmp_path / "out", run_one=fake_run_one)
     assert rows[0]["dxa_abmd_g_cm2"] == pytest.approx(0.81) and rows[1]["dxa_abmd_g_cm2"] is None

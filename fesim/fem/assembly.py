@@ -60,9 +60,11 @@ def assemble_blocks(pattern: SparsityPattern, Ke: np.ndarray, scale=None, sl=sli
     if scale is not None:
         blocks = blocks * np.asarray(scale)[:, None, None, None, None]
     idx = pattern.block_of[sl].ravel()
-    flat = blocks.reshape(-1, 9)
+    # component-major copy: each bincount then reads one contiguous weight array
+    flat = np.moveaxis(blocks, (3, 4), (0, 1)).reshape(9, -1)
+    o = out.reshape(-1, 9)
     for c in range(9):
-        out.reshape(-1, 9)[:, c] += np.bincount(idx, weights=flat[:, c], minlength=pattern.nnz_blocks)
+        o[:, c] += np.bincount(idx, weights=flat[c], minlength=pattern.nnz_blocks)
     return out
 
 
@@ -112,7 +114,8 @@ class Assembler:
                 k_lam, k_mu = self._element_parts(sl)
                 if cached is not None:
                     cached.append((k_lam, k_mu))
-            Ke = lam[sl, None, None] * k_lam + mu[sl, None, None] * k_mu
+            Ke = np.multiply(k_lam, lam[sl, None, None], out=None if cached is not None or self._parts is not None else k_lam)
+            Ke += mu[sl, None, None] * k_mu
             assemble_blocks(self.pattern, Ke, sl=sl, out=data)
         if cached is not None:
             self._parts = (np.concatenate([c[0] for c in cached]), np.concatenate([c[1] for c in cached]))

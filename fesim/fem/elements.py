@@ -108,13 +108,16 @@ def lame(E, nu):
 def stiffness_parts(G: np.ndarray, wdet: np.ndarray):
     """Geometry-only stiffness parts ``K_lam`` and ``K_mu`` (M, 3n, 3n) so ``K = lam K_lam + mu K_mu``."""
     M, Q, n, _ = G.shape
-    Gw = G * wdet[:, :, None, None]
-    k_lam = np.einsum("mqai,mqbj->maibj", Gw, G)
-    k_mu = np.einsum("mqaj,mqbi->maibj", Gw, G)
-    dot = np.einsum("mqak,mqbk->mab", Gw, G)
+    g = G.reshape(M, Q, 3 * n)
+    # one batched matmul (BLAS) gives K_lam[ai, bj] = sum_q w G_ai G_bj; K_mu is its
+    # per-block transpose plus the isotropic term delta_ij sum_k G_ak G_bk.
+    k_lam = np.matmul((g * wdet[:, :, None]).transpose(0, 2, 1), g)
+    blk = k_lam.reshape(M, n, 3, n, 3)
+    k_mu = np.ascontiguousarray(blk.transpose(0, 1, 4, 3, 2))
+    dot = np.einsum("maibi->mab", blk)
     idx = np.arange(3)
     k_mu[:, :, idx, :, idx] += dot[None, :, :, :]
-    return k_lam.reshape(M, 3 * n, 3 * n), k_mu.reshape(M, 3 * n, 3 * n)
+    return k_lam, k_mu.reshape(M, 3 * n, 3 * n)
 
 
 def element_stiffness(points, cells, E, nu) -> np.ndarray:

@@ -208,3 +208,161 @@ def make_solver(A, method: str = "auto", rtol: float = 1e-8, near_null=None, **k
     if not cls.is_available():
         raise SolverError(f"solver {method!r} is not installed (optional extra)")
     return cls(A, rtol=rtol, near_null=near_null, **kw)
+
+
+_TET10_EDGES = np.array([[0, 1], [1, 2], [2, 0], [0, 3], [1, 3], [2, 3]])
+
+
+def p_prolongation(cells: np.ndarray, n_nodes: int):
+    """Nodal prolongation (n_nodes, n_corner) from the tet4 corner mesh to a tet10 mesh.
+
+    Corner nodes are injected, a mid-edge node takes the mean of its edge's two ends (the
+    quadratic mesh's linear interpolation). Returns ``(P, corners)`` with ``corners`` the
+    sorted corner node ids (column ``j`` of ``P`` is node ``corners[j]``).
+    """
+    corners = np.unique(cells[:, :4])
+    cidx = np.full(n_nodes, -1, dtype=np.int64)
+    cidx[corners] = np.arange(corners.size)
+    mid = cells[:, 4:].ravel()
+    ends = cells[:, _TET10_EDGES].reshape(-1, 2)
+    mid, first = np.unique(mid, return_index=True)
+    ends = cidx[ends[first]]
+    rows = np.concatenate([corners, mid, mid])
+    cols = np.concatenate([np.arange(corners.size), ends[:, 0], ends[:, 1]])
+    vals = np.concatenate([np.ones(corners.size), np.full(2 * mid.size, 0.5)])
+    return sp.csr_matrix((vals, (rows, cols)), shape=(n_nodes, corners.size)), corners
+
+
+def _dof_expand(P_node: sp.csr_matrix) -> sp.csr_matrix:
+    """Nodal operator to interleaved unknowns: ``P[3i+c, 3j+c] = P_node[i, j]``."""
+    C = P_node.tocoo()
+    r = (3 * C.row[:, None] + np.arange(3)).ravel()
+    c = (3 * C.col[:, None] + np.arange(3)).ravel()
+    v = np.repeat(C.data, 3)
+    return sp.csr_matrix((v, (r, c)), shape=(3 * P_node.shape[0], 3 * P_node.shape[1]))
+
+
+def _sa_hierarchy(A, B, max_coarse=500):
+    import pyamg
+
+    return pyamg.smoothed_aggregation_solver(
+        A, B=B, symmetry="hermitian", strength=("symmetric", {"theta": 0.0}),
+        smooth=("jacobi", {"omega": 4.0 / 3.0, "degree": 1}),
+        presmoother=("gauss_seidel", {"sweep": "symmetric"}),
+        postsmoother=("gauss_seidel", {"sweep": "symmetric"}),
+        max_coarse=max_coarse, coarse_solver="splu", keep=False)
+
+
+@register("pmg")
+class PMultigridSolver(LinearSolver):
+    """CG + two-level p-multigrid for tet10: Chebyshev-Jacobi smoothing on the tet10 unknowns,
+    one smoothed-aggregation AMG V-cycle on the Galerkin tet4 (corner-node) problem.
+
+    Needs the mesh: pass ``cells`` (M, 10), ``free`` (the unknowns of ``A`` among the
+    ``3 * n_nodes`` of the mesh) and ``n_nodes`` to :func:`make_solver`. For tet4 meshes it
+    is plain AMG with the same settings as the coarse level.
+
+    Parameters
+    ----------
+    degree : Chebyshev polynomial degree of each pre-/post-smoothing step
+    ratio : the smoother targets eigenvalues of D^-1 A in [lmax / ratio, lmax]
+    float32 : keep a single-precision copy of ``A`` for the smoother (halves its traffic)
+    """
+
+    def __init__(self, A, rtol=1e-8, maxiter=2000, near_null=None, cells=None, free=None,
+                 n_nodes=None, degree=3, ratio=8.0, float32=True):
+        if cells is None:
+            raise SolverError("pmg solver needs the mesh cells (make_solver(..., cells=, free=, n_nodes=))")
+        self.cells = np.asarray(cells)
+        self.n_nodes = int(n_nodes if n_nodes is not None else self.cells.max() + 1)
+        self.free_dofs = np.arange(3 * self.n_nodes) if free is None else np.asarray(free)
+        self.degree, self.ratio, self.float32 = degree, ratio, float32
+        self._P = None
+        super().__init__(A, rtol=rtol, maxiter=maxiter, near_null=near_null)
+
+    def _build_P(self):
+        if self.cells.shape[1] == 4:
+            return None, None
+        Pn, corners = p_prolongation(self.cells, self.n_nodes)
+        P = _dof_expand(Pn)
+        n = 3 * self.n_nodes
+        is_free = np.zeros(n, dtype=bool)
+        is_free[self.free_dofs] = True
+        cdofs = (3 * corners[:, None] + np.arange(3)).ravel()  # fine unknown of each coarse one
+        keep_c = np.nonzero(is_free[cdofs])[0]
+        P = P[self.free_dofs][:, keep_c].tocsr()
+        pos = np.full(n, -1, dtype=np.int64)
+        pos[self.free_dofs] = np.arange(self.free_dofs.size)
+        return P, pos[cdofs[keep_c]]
+
+    def _setup(self, A, reuse):
+        if reuse and getattr(self, "_prec", None) is not None:
+            return
+        t = time.perf_counter()
+        if self._P is None:
+            self._P, self._coarse_rows = self._build_P()
+        P = self._P
+        if P is None:  # tet4: AMG only
+            ml = _sa_hierarchy(A, self.near_null)
+            self._prec = ml.aspreconditioner(cycle="V")
+            return
+        Ac = (P.T @ (A @ P)).tocsr()
+        Bc = None if self.near_null is None else self.near_null[self._coarse_rows]
+        self._ml = _sa_hierarchy(Ac, Bc)
+        t_amg = time.perf_counter()
+        dtype = np.float32 if self.float32 else np.float64
+        self._As = A.astype(dtype)
+        self._dinv = (1.0 / A.diagonal()).astype(dtype)
+        lmax = self._lambda_max(A)
+        self._lmin, self._lmax = lmax / self.ratio, 1.05 * lmax
+        self.extra = {"coarse_dofs": Ac.shape[0], "lmax": lmax, "levels": len(self._ml.levels),
+                      "coarse_setup_s": t_amg - t}
+        n = A.shape[0]
+        self._prec = spla.LinearOperator((n, n), matvec=self._vcycle, dtype=np.float64)
+
+    def _lambda_max(self, A):
+        d = np.sqrt(self._dinv.astype(np.float64))
+        n = A.shape[0]
+        op = spla.LinearOperator((n, n), matvec=lambda x: d * (A @ (d * x)), dtype=np.float64)
+        return float(spla.eigsh(op, k=1, which="LA", tol=1e-3, ncv=12, maxiter=200,
+                                v0=np.ones(n), return_eigenvectors=False)[0])
+
+    def _smooth(self, r):
+        """Chebyshev polynomial in D^-1 A applied to ``r`` (zero initial guess)."""
+        A, dinv = self._As, self._dinv
+        theta = 0.5 * (self._lmax + self._lmin)
+        delta = 0.5 * (self._lmax - self._lmin)
+        sigma = theta / delta
+        rho = 1.0 / sigma
+        r = r.astype(dinv.dtype)
+        d = dinv * r / theta
+        x = d.copy()
+        for _ in range(self.degree - 1):
+            rho_new = 1.0 / (2.0 * sigma - rho)
+            r -= A @ d
+            d *= rho_new * rho
+            d += (2.0 * rho_new / delta) * (dinv * r)
+            x += d
+            rho = rho_new
+        return x.astype(np.float64)
+
+    def _vcycle(self, b):
+        b = np.ravel(b)
+        x = self._smooth(b)
+        r = b - self.A @ x
+        x += self._P @ self._ml.solve(self._P.T @ r, maxiter=1, cycle="V", tol=1e-30)
+        r = b - self.A @ x
+        x += self._smooth(r)
+        return x
+
+    def _solve(self, b, x0):
+        it = [0]
+
+        def cb(xk):
+            it[0] += 1
+
+        x, info = spla.cg(self.A, b, x0=x0, rtol=self.rtol, atol=0.0, maxiter=self.maxiter,
+                          M=self._prec, callback=cb)
+        if info != 0:
+            raise SolverError(f"p-multigrid CG did not converge to {self.rtol:g} in {it[0]} iterations")
+        return x, it[0]

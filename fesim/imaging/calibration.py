@@ -411,3 +411,234 @@ def mindways_calibration(rod_hu, rod_water_mg_cm3, rod_k2hpo4_mg_cm3) -> Calibra
 def no_calibration(material: str = "K2HPO4", slope: float = 1.0, intercept: float = 0.0) -> Calibration:
     """A fixed (uncalibrated) line, e.g. for images that already hold BMD."""
     return Calibration(slope=slope, intercept=intercept, method="none", material=material)
+
+
+# ---------------------------------------------------------------------------------------
+# Phantomless (internal) calibration
+# ---------------------------------------------------------------------------------------
+
+#: Photon energies (keV) and total mass attenuation coefficients mu/rho (cm^2/g, with
+#: coherent scattering) from NIST XCOM / NIST X-ray mass attenuation tables (ICRU-46
+#: compositions for the tissues), as tabulated for Michalski et al. 2020 (Med Eng Phys).
+_ENERGY_KEV = np.array([40.0, 50.0, 60.0, 80.0, 100.0])
+_MU_RHO = {
+    "water": np.array([0.2683, 0.2269, 0.2059, 0.1837, 0.1707]),
+    "K2HPO4": np.array([0.9327, 0.5573, 0.3890, 0.2508, 0.1972]),
+    "air": np.array([0.2485, 0.2080, 0.1875, 0.1662, 0.1541]),
+    "fat": np.array([0.2396, 0.2123, 0.1974, 0.1800, 0.1688]),      # ICRU-46 adipose
+    "muscle": np.array([0.2685, 0.2262, 0.2048, 0.1823, 0.1693]),   # ICRU-46 skeletal muscle
+    "blood": np.array([0.2715, 0.2278, 0.2057, 0.1827, 0.1695]),    # ICRU-46 whole blood
+}
+#: Mass densities (g/cm^3): ICRU-46 tissues, dry air at 20 C.
+_DENSITY_G_CM3 = {"air": 0.001205, "fat": 0.95, "muscle": 1.05, "blood": 1.06}
+#: Default effective energy of a 120 kVp abdominal CT beam. At 75 keV the K2HPO4 sensitivity
+#: below is sigma_CT = 1.25 HU per mg/cm^3, the value typical of Mindways calibrations at
+#: 120 kVp (e.g. sigma_ct = 1.2496 in the Ogo test data of a Model 3 phantom).
+DEFAULT_EFFECTIVE_ENERGY_KEV = 75.0
+#: HU windows searched for the tissue histogram modes.
+TISSUE_WINDOWS_HU = {"air": (-1024.0, -900.0), "fat": (-190.0, -30.0), "muscle": (0.0, 100.0)}
+
+
+def _mu_rho(material: str, energy_kev: float) -> float:
+    """mu/rho (cm^2/g) by log-log interpolation of the NIST table."""
+    if not _ENERGY_KEV[0] <= energy_kev <= _ENERGY_KEV[-1]:
+        raise CalibrationError(f"effective energy {energy_kev} keV outside the tabulated 40-100 keV")
+    return float(np.exp(np.interp(np.log(energy_kev), np.log(_ENERGY_KEV), np.log(_MU_RHO[material]))))
+
+
+def k2hpo4_sensitivity(energy_kev: float = DEFAULT_EFFECTIVE_ENERGY_KEV) -> float:
+    """HU per mg/cm^3 of K2HPO4 dissolved in water at a monoenergetic effective energy.
+
+    A solution of rho_K mg/cm^3 holds ``1000 - 0.2174 rho_K`` mg/cm^3 of water (the Mindways
+    displacement constant), so ``HU = rho_K * ((mu/rho)_K2HPO4 / (mu/rho)_water - 0.2174)``.
+    """
+    return _mu_rho("K2HPO4", energy_kev) / _mu_rho("water", energy_kev) - MINDWAYS_SIGMA_OFFSET
+
+
+def tissue_reference(energy_kev: float = DEFAULT_EFFECTIVE_ENERGY_KEV) -> dict:
+    """Theoretical HU and K2HPO4-equivalent density (mg/cm^3) of the reference tissues.
+
+    ``HU_t = 1000 (rho_t (mu/rho)_t / (mu/rho)_water - 1)`` and ``rho_eq = HU_t / sigma_CT``
+    (a water-based K2HPO4 solution with the tissue's attenuation), from the NIST/ICRU-46
+    tables above; nothing is taken from the image.
+    """
+    sigma = k2hpo4_sensitivity(energy_kev)
+    mu_w = _mu_rho("water", energy_kev)
+    out = {}
+    for t, rho in _DENSITY_G_CM3.items():
+        hu_t = 1000.0 * (rho * _mu_rho(t, energy_kev) / mu_w - 1.0)
+        out[t] = {"hu": hu_t, "k2hpo4_mg_cm3": hu_t / sigma}
+    return out
+
+
+def tissue_mode_hu(values: np.ndarray, window, min_count: int = 200) -> float | None:
+    """Mode of integer-like HU values inside ``window`` (None when too few voxels).
+
+    The histogram (1 HU bins) is smoothed (Gaussian, 4 HU) to find the peak, then refined
+    as the mean of the values within +-15 HU of it.
+    """
+    lo, hi = window
+    v = values[(values >= lo) & (values <= hi)]
+    if v.size < min_count:
+        return None
+    hist, edges = np.histogram(v, bins=np.arange(lo, hi + 2.0) - 0.5)
+    peak = float(edges[np.argmax(ndimage.gaussian_filter1d(hist.astype(float), 4.0))] + 0.5)
+    near = v[np.abs(v - peak) <= 15.0]
+    return float(near.mean()) if near.size >= min_count // 4 else None
+
+
+def _roi_values(hu: Volume, roi) -> np.ndarray:
+    """HU values in a ROI: a boolean Volume/array on the grid or a sphere (center mm, radius mm)."""
+    if isinstance(roi, Volume):
+        roi = roi.data
+    if isinstance(roi, np.ndarray) and roi.shape == hu.shape:
+        return hu.data[roi.astype(bool)].astype(float)
+    center, radius = np.asarray(roi[0], float).reshape(3), float(roi[1])
+    ijk = hu.world_to_index(center)
+    reach = radius / hu.spacing + 1
+    i0 = np.clip(np.floor(ijk - reach).astype(int), 0, np.array(hu.shape) - 1)
+    i1 = np.clip(np.ceil(ijk + reach).astype(int), 0, np.array(hu.shape) - 1) + 1
+    idx = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(i0, i1)], indexing="ij"), -1)
+    inside = np.linalg.norm(hu.index_to_world(idx) - center, axis=-1) <= radius
+    return hu.data[i0[0]:i1[0], i0[1]:i1[1], i0[2]:i1[2]][inside].astype(float)
+
+
+def internal_calibration(hu: Volume, mask_bone=None, tissue_rois: dict | None = None,
+                         energy_kev: float = DEFAULT_EFFECTIVE_ENERGY_KEV,
+                         min_r2: float = 0.98) -> Calibration:
+    """Phantomless calibration from air and soft tissues in the image (K2HPO4-equivalent).
+
+    Each reference tissue ``t`` has a K2HPO4-equivalent density ``rho_eq(t)`` computed from
+    physics (:func:`tissue_reference`: NIST/ICRU-46 attenuation at ``energy_kev``); the
+    calibration is the least-squares line ``rho_eq = slope * HU_measured + intercept`` over the
+    tissues found. This is the approach of Lee et al. 2017 (air plus blood or adipose as
+    references with fixed equivalent densities) with Michalski et al.'s (2020) attenuation
+    tables; unlike Michalski we do not search the effective energy, because soft tissues alone
+    do not determine it (their HU change by < 5 HU over 60-80 keV) and the vertebral cortex is
+    too thin at QCT resolution to sample. The result therefore assumes the scanner's K2HPO4
+    sensitivity at ``energy_kev``; air and the soft tissues correct the scanner's HU offset
+    and gain.
+
+    Parameters
+    ----------
+    hu : Volume
+        CT image in HU.
+    mask_bone : Volume or ndarray of bool, optional
+        Bone voxels, excluded from automatic tissue sampling.
+    tissue_rois : dict, optional
+        ``{"air" | "fat" | "muscle" | "blood": roi}`` with ``roi`` a boolean mask on the grid or
+        ``(center LPS mm, radius mm)`` sphere; its robust mean replaces the automatic mode.
+        Blood is only used when given (it cannot be told from muscle by HU alone).
+    energy_kev : float
+        Effective beam energy (keV) for the reference constants.
+    min_r2 : float
+        Minimum R^2 of the tissue line.
+
+    Raises
+    ------
+    CalibrationError
+        Fewer than 2 tissues found, no air, R^2 below ``min_r2`` or non-positive slope.
+    """
+    tissue_rois = dict(tissue_rois or {})
+    unknown = set(tissue_rois) - set(_DENSITY_G_CM3)
+    if unknown:
+        raise CalibrationError(f"unknown reference tissue(s) {sorted(unknown)}; use {sorted(_DENSITY_G_CM3)}")
+    values = hu.data
+    if mask_bone is not None:
+        mb = mask_bone.data if isinstance(mask_bone, Volume) else np.asarray(mask_bone)
+        values = values[~mb.astype(bool)]
+    values = np.asarray(values, float).ravel()
+    ref = tissue_reference(energy_kev)
+    measured = {}
+    for t in _DENSITY_G_CM3:
+        if t in tissue_rois:
+            v = _roi_values(hu, tissue_rois[t])
+            if v.size < 10:
+                raise CalibrationError(f"{t} ROI holds fewer than 10 voxels")
+            measured[t] = _robust_mean(v)
+        elif t in TISSUE_WINDOWS_HU:
+            m = tissue_mode_hu(values, TISSUE_WINDOWS_HU[t])
+            if m is not None:
+                measured[t] = m
+    if "air" not in measured or len(measured) < 2:
+        raise CalibrationError(f"internal calibration needs air and at least one soft tissue; found {sorted(measured)}")
+    names = sorted(measured)
+    x = np.array([measured[t] for t in names])
+    y = np.array([ref[t]["k2hpo4_mg_cm3"] for t in names])
+    a, b, r2 = _line_fit(x, y)
+    if not b > 0:
+        raise CalibrationError(f"internal calibration slope is not positive ({b:.3g})")
+    if len(names) > 2 and not r2 >= min_r2:
+        raise CalibrationError(f"internal calibration R^2 = {r2:.4f} is below {min_r2}")
+    resid = y - (a + b * x)
+    return Calibration(
+        slope=b, intercept=a, r2=r2 if len(names) > 2 else float("nan"), method="internal",
+        material="K2HPO4", points=list(zip(x.tolist(), y.tolist())),
+        details={"tissues": names, "measured_hu": measured,
+                 "reference_hu": {t: ref[t]["hu"] for t in names},
+                 "effective_energy_kev": energy_kev, "sigma_ct": k2hpo4_sensitivity(energy_kev),
+                 "rmse_mg_cm3": float(np.sqrt(np.mean(resid**2)))},
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Density chain: QCT density -> ash density -> apparent density (g/cm^3)
+# ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AshEquation:
+    """``rho_ash = slope * rho_QCT + intercept`` with rho in g/cm^3."""
+
+    material: str
+    slope: float
+    intercept: float
+    source: str
+
+
+#: Registry of QCT -> ash equations (domain.md section 2). Constants flagged [U] there are
+#: "commonly used" values not re-confirmed in a primary source.
+ASH_EQUATIONS = {
+    "keyak": AshEquation("K2HPO4", 1.22, 0.0523, "Keyak (femur QCT-FE), K2HPO4 -> ash [U, unconfirmed]"),
+    "les": AshEquation("HA", 0.877, 0.0789, "Les 1994 / Schileo 2008, HA -> ash [U]"),
+    "identity": AshEquation("any", 1.0, 0.0, "rho_ash = rho_QCT (e.g. MECHANICAL FINDER convention)"),
+}
+
+#: Schileo et al. 2008: rho_ash / rho_app = 0.598 +- 0.004, taken as 0.6.
+ASH_APPARENT_RATIO = 0.6
+
+
+def qct_to_ash(bmd_mg_cm3, material: str = "K2HPO4", method: str = "keyak"):
+    """Ash density (g/cm^3) from QCT BMD (mg/cm^3 of ``material``).
+
+    Parameters
+    ----------
+    bmd_mg_cm3 : float or ndarray
+        Calibrated BMD in mg/cm^3.
+    material : {"K2HPO4", "HA"}
+        Mineral the BMD is expressed as; must match the equation's.
+    method : {"keyak", "les", "identity"}
+        See :data:`ASH_EQUATIONS`.
+
+    Returns
+    -------
+    float or ndarray
+        rho_ash in g/cm^3, floored at 0.
+    """
+    if method not in ASH_EQUATIONS:
+        raise CalibrationError(f"unknown ash-density equation {method!r}; use one of {sorted(ASH_EQUATIONS)}")
+    eq = ASH_EQUATIONS[method]
+    if material not in MATERIALS:
+        raise CalibrationError(f"unknown BMD material {material!r}; use one of {MATERIALS}")
+    if eq.material != "any" and eq.material != material:
+        raise CalibrationError(f"ash equation {method!r} takes {eq.material} BMD, got {material}")
+    rho = eq.slope * (np.asarray(bmd_mg_cm3, dtype=float) / 1000.0) + eq.intercept
+    out = np.maximum(rho, 0.0)
+    return float(out) if out.ndim == 0 else out
+
+
+def ash_to_apparent(rho_ash, ratio: float = ASH_APPARENT_RATIO):
+    """Apparent (wet) density (g/cm^3) = rho_ash / ratio (Schileo 2008: ratio 0.6)."""
+    if not ratio > 0:
+        raise CalibrationError(f"ash/apparent ratio must be positive, got {ratio}")
+    out = np.asarray(rho_ash, dtype=float) / ratio
+    return float(out) if out.ndim == 0 else out

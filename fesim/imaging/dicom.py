@@ -60,6 +60,7 @@ class SeriesInfo:
     description: str
     transfer_syntax: str
     size_mb: float
+    is_ct: bool = False
     chosen: bool = False
     slices: list = field(default_factory=list, repr=False)
 
@@ -232,33 +233,33 @@ def list_series(path) -> list[SeriesInfo]:
         infos.append(SeriesInfo(
             uid=key, modality=str(ds.get("Modality", "")), n_files=len(items), n_slices=len(slices),
             rows=int(ds.get("Rows", 0)), columns=int(ds.get("Columns", 0)),
-            pixel_spacing_mm=tuple(float(v) for v in (slices[0].pixel_spacing if slices[0].pixel_spacing is not None else [])),
+            pixel_spacing_mm=tuple(np.atleast_1d(slices[0].pixel_spacing).astype(float).tolist()
+                                   if slices[0].pixel_spacing is not None else ()),
             slice_spacing_mm=spacing,
             orientation=tuple(float(v) for v in (iop if iop is not None else [])),
             description=str(ds.get("SeriesDescription", "")),
             transfer_syntax=tsyntax.name if tsyntax else "",
             size_mb=sum(f.stat().st_size for f, _ in items) / 1e6,
-            slices=slices))
-    cts = [s for s in infos if s.modality.upper() == "CT" or _is_ct(headers[s.uid])]
+            is_ct=_is_ct(ds), slices=slices))
+    cts = [s for s in infos if s.is_ct]
     if cts:
         max(cts, key=lambda s: (s.n_slices, s.uid)).chosen = True
     return sorted(infos, key=lambda s: (not s.chosen, -s.n_slices, s.uid))
 
 
 def _check_geometry(slices, spacing_tol: float) -> tuple[list, np.ndarray, float]:
-    """Validate a stack of planes; return them sorted along the normal, the normal, the spacing."""
-    paths = [s.path for s in slices]
+    """Validate a stack of planes; return them sorted along the normal, the normal, the spacing (mm)."""
     for attr in ("position", "orientation", "pixel_spacing"):
-        bad = [s.path for s in slices if getattr(s, attr) is None]
+        bad = [s for s in slices if getattr(s, attr) is None]
         if bad:
             raise DicomError(f"missing or malformed {attr} in {_short(bad)}")
     for attr, tol in (("rows", 0), ("columns", 0), ("pixel_spacing", 1e-4), ("orientation", 1e-4)):
         vals = np.array([np.atleast_1d(getattr(s, attr)) for s in slices], dtype=float)
         odd = np.any(np.abs(vals - vals[0]) > tol, axis=1)
         if odd.any():
-            first, other = slices[0], slices[int(np.argmax(odd))]
-            raise DicomError(f"mixed {attr} in one series: {first.path.name} has "
-                             f"{np.round(vals[0], 4).tolist()}, {other.path.name} has "
+            other = slices[int(np.argmax(odd))]
+            raise DicomError(f"mixed {attr} in one series: {slices[0].name} has "
+                             f"{np.round(vals[0], 4).tolist()}, {other.name} has "
                              f"{np.round(vals[odd][0], 4).tolist()}")
     normal, pos = _positions(slices)
     order = np.argsort(pos, kind="stable")
@@ -268,15 +269,21 @@ def _check_geometry(slices, spacing_tol: float) -> tuple[list, np.ndarray, float
     gaps = np.diff(pos)
     dup = np.flatnonzero(gaps < 1e-3)
     if dup.size:
-        pairs = "; ".join(f"{slices[i].path.name} and {slices[i + 1].path.name} at {pos[i]:.2f} mm"
-                          for i in dup[:3])
+        pairs = "; ".join(f"{slices[i].name} and {slices[i + 1].name} at {pos[i]:.2f} mm" for i in dup[:3])
         raise DicomError(f"duplicate slice positions ({dup.size}): {pairs}")
-    travel = slices[-1].position - slices[0].position
-    along = travel @ normal
-    tilt = np.degrees(np.arctan2(np.linalg.norm(travel - along * normal), abs(along)))
-    if tilt > 0.1:
+    # In-plane drift of the slice origins: linear in position for a gantry tilt.
+    offsets = np.array([s.position for s in slices]) - slices[0].position
+    lateral = offsets - np.outer(offsets @ normal, normal)
+    drift = np.linalg.norm(lateral[-1])
+    tilt = np.degrees(np.arctan2(drift, pos[-1] - pos[0]))
+    if tilt > 0.1 and drift > 0.02:
         raise DicomError(f"gantry tilt of {tilt:.2f} deg (slice positions not along the normal of "
-                         f"ImageOrientationPatient) in {_short(paths)}; resample the series first")
+                         f"ImageOrientationPatient) in {_short(slices)}; resample the series first")
+    line = np.outer((pos - pos[0]) / (pos[-1] - pos[0]), lateral[-1])
+    scatter = np.linalg.norm(lateral - line, axis=1)
+    if scatter.max() > 0.25 * slices[0].pixel_spacing.min():
+        worst = slices[int(np.argmax(scatter))]
+        raise DicomError(f"slice {worst.name} is shifted {scatter.max():.2f} mm in-plane from the others")
     step = float(np.median(gaps))
     ratio = gaps / step
     missing = np.flatnonzero((ratio > 1.5) & (np.abs(ratio - np.round(ratio)) < 0.15))
@@ -284,12 +291,12 @@ def _check_geometry(slices, spacing_tol: float) -> tuple[list, np.ndarray, float
         i = missing[0]
         n = int(np.sum(np.round(ratio[missing]) - 1))
         raise DicomError(f"{n} missing slice(s): gap of {gaps[i]:.2f} mm (usual {step:.2f} mm) between "
-                         f"{slices[i].path.name} and {slices[i + 1].path.name}")
+                         f"{slices[i].name} and {slices[i + 1].name}")
     uneven = np.flatnonzero(np.abs(gaps - step) > max(spacing_tol * step, 1e-3))
     if uneven.size:
         shown = ", ".join(f"{gaps[i]:.3f}" for i in uneven[:5])
-        raise DicomError(f"uneven slice spacing: usual {step:.3f} mm, gaps of {shown} mm between "
-                         f"{_short([slices[i].path for i in uneven])} and the next slice")
+        raise DicomError(f"uneven slice spacing: usual {step:.3f} mm, gaps of {shown} mm after "
+                         f"{_short([slices[i] for i in uneven])}")
     return slices, normal, step
 
 
@@ -349,40 +356,55 @@ def read_dicom_series(path, series_uid: str | None = None, allow_non_ct: bool = 
             found = ", ".join(f"{s.modality or '?'} ({s.n_files} files)" for s in infos)
             raise DicomError(f"no CT series in {path}; found {found} (use allow_non_ct to read)")
         info = chosen[0]
-    if info.modality.upper() != "CT" and not allow_non_ct:
+    if not info.is_ct and not allow_non_ct:
         raise DicomError(f"series {info.uid} has modality {info.modality or 'unknown'}, not CT: "
-                         f"{_short([s.path for s in info.slices])}")
+                         f"{_short(info.slices)}")
 
     slices, normal, step = _check_geometry(info.slices, spacing_tol)
-    frames, header = {}, None
-    for p in dict.fromkeys(s.path for s in slices):
+    first = slices[0]
+    data = np.empty((first.columns, first.rows, len(slices)), dtype=np.float32)
+    by_file, header = defaultdict(list), None
+    for k, s in enumerate(slices):
+        by_file[s.path].append(k)
+    for p, ks in by_file.items():  # decode each file once (one file holds all frames if enhanced)
         ds = _read(p, headers_only=False)
         header = ds if header is None else header
-        frames[p] = _decode(p, ds)
-    planes = np.stack([frames[s.path][s.frame or 0].astype(np.float32) * np.float32(s.slope)
-                       + np.float32(s.intercept) for s in slices], axis=-1)
-    data = np.ascontiguousarray(np.transpose(planes, (1, 0, 2)))
+        frames = _decode(p, ds)
+        for k in ks:
+            s = slices[k]
+            data[:, :, k] = frames[s.frame or 0].T * np.float32(s.slope) + np.float32(s.intercept)
 
-    first = slices[0]
     if np.isnan(step):
         step = float(header.get("SpacingBetweenSlices", 0) or header.get("SliceThickness", 0) or 1.0)
     direction = np.column_stack([first.orientation[:3], first.orientation[3:], normal])
     spacing = [first.pixel_spacing[1], first.pixel_spacing[0], step]
-    ts = header.file_meta.TransferSyntaxUID if "TransferSyntaxUID" in header.get("file_meta", {}) else None
-    kernel = header.get("ConvolutionKernel", "")
-    meta = {
-        "modality": str(header.get("Modality", "")),
-        "manufacturer": str(header.get("Manufacturer", "")),
-        "kvp": float(header.KVP) if header.get("KVP") not in (None, "") else None,
-        "convolution_kernel": "\\".join(kernel) if isinstance(kernel, (list, pydicom.multival.MultiValue)) else str(kernel),
-        "series_description": str(header.get("SeriesDescription", "")),
-        "series_key": pseudonym(info.uid),
-        "n_slices": len(slices),
-        "slice_thickness_mm": float(header.get("SliceThickness", 0) or 0) or None,
-        "transfer_syntax": ts.name if ts else "",
-        "units": "HU" if _is_ct(header) else "",
-    }
+    meta = _technical_meta(header, info.uid, len(slices))
     return Volume(data, spacing, first.position, direction, meta)
+
+
+def _number(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _technical_meta(ds, series_key: str, n_slices: int) -> dict:
+    """Non-identifying fields of a header; the series UID only as a salted hash."""
+    kernel = ds.get("ConvolutionKernel", "")
+    ts = getattr(ds.get("file_meta", None), "TransferSyntaxUID", None)
+    return {
+        "modality": str(ds.get("Modality", "")),
+        "manufacturer": str(ds.get("Manufacturer", "")),
+        "kvp": _number(ds.get("KVP")),
+        "convolution_kernel": kernel if isinstance(kernel, str) else "\\".join(map(str, kernel)),
+        "series_description": str(ds.get("SeriesDescription", "")),
+        "series_key": pseudonym(series_key),
+        "n_slices": n_slices,
+        "slice_thickness_mm": _number(ds.get("SliceThickness")),
+        "transfer_syntax": ts.name if ts else "",
+        "units": "HU" if _is_ct(ds) else "",
+    }
 
 
 def _uid(key: str, *parts) -> str:

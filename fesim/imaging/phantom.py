@@ -222,7 +222,8 @@ def make_phantom(spec: PhantomSpec = PhantomSpec()) -> Phantom:
     levels = [(0.0, 1)] + ([(PERIOD, 2), (-PERIOD, 3)] if spec.neighbours else [])
     disc_z = [(c + s * (BODY_H + DISC_H) / 2) for c, _ in levels for s in (-1, 1)]
     for zc in sorted(set(np.round(disc_z, 6))):
-        disc = np.maximum(_ellipse_sdf(x, y, BODY_A, BODY_B), _slab(z, zc - DISC_H / 2, zc + DISC_H / 2)) <= 0
+        disc = np.maximum(_ellipse_sdf(x, y, BODY_A, BODY_B),
+                          _slab(z, zc - DISC_H / 2, zc + DISC_H / 2)) <= 0
         hu[disc], labels[disc] = TISSUE_HU["disc"], 4
 
     for zc, label in levels:
@@ -248,10 +249,14 @@ def make_phantom(spec: PhantomSpec = PhantomSpec()) -> Phantom:
 
     rods = []
     if spec.rods_mg_cm3:
-        block = (np.abs(x) <= 0.5 * ROD_PITCH * len(spec.rods_mg_cm3) + 5.0) & \
+        n = len(spec.rods_mg_cm3)
+        pitch = min(ROD_PITCH, 84.0 / max(n - 1, 1))  # the row must fit the 110 mm field
+        if pitch < 2 * ROD_RADIUS + 1.0:
+            raise InputError(f"too many calibration rods ({n}); at most 7 fit the field of view")
+        block = (np.abs(x) <= 0.5 * pitch * (n - 1) + ROD_RADIUS + 4.0) & \
                 (y >= BLOCK_Y[0]) & (y <= BLOCK_Y[1])
         hu[block] = spec.hu_offset - BLOCK_BELOW_WATER_HU
-        xs = (np.arange(len(spec.rods_mg_cm3)) - 0.5 * (len(spec.rods_mg_cm3) - 1)) * ROD_PITCH
+        xs = (np.arange(n) - 0.5 * (n - 1)) * pitch
         for xc, rho in zip(xs, spec.rods_mg_cm3):
             rods.append(Rod(np.array([xc, ROD_Y, 0.0]), ROD_RADIUS, float(rho)))
             inside = np.hypot(x - xc, y - ROD_Y) <= ROD_RADIUS
@@ -351,6 +356,12 @@ def write_phantom(phantom: Phantom, out_dir, compressed: str | None = None,
     -------
     Path
         ``out_dir``.
+
+    Notes
+    -----
+    A left-handed ``direction`` (e.g. one flipped axis) is read back by
+    :func:`fesim.imaging.dicom.read_dicom_series` with ``k`` reversed (slices are ordered
+    along the IOP normal); the world geometry is the same.
     """
     from fesim.imaging.dicom import write_dicom_series
 

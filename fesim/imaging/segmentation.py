@@ -118,7 +118,9 @@ def segment_vertebra(image: Volume, seed_lps=None, threshold: float | None = Non
     seed_lps : array_like (3,), optional
         A point (LPS mm) inside the wanted vertebra.
     threshold : float, optional
-        Bone threshold; default 200 HU, or 150 mg/cm^3 for a density image.
+        Bone threshold. Default: adaptive -- a first pass at 200 HU (150 mg/cm^3 for a
+        density image) finds the vertebra, then the threshold is raised to half-way between
+        the surrounding soft tissue and the dense bone (95th percentile), at most doubled.
     smooth_mm : float
         Gaussian sigma (mm) applied before thresholding.
     body_axis : array_like (3,), optional
@@ -135,7 +137,8 @@ def segment_vertebra(image: Volume, seed_lps=None, threshold: float | None = Non
         Nothing above the threshold, or the seed outside any bone component.
     """
     is_density = str(image.meta.get("units", "")).startswith("mg/cm")
-    if threshold is None:
+    adaptive = threshold is None
+    if adaptive:
         threshold = 150.0 if is_density else 200.0
     h = image.spacing
     data = image.data.astype(np.float32)
@@ -146,22 +149,54 @@ def segment_vertebra(image: Volume, seed_lps=None, threshold: float | None = Non
     if n == 0:
         raise SegmentationError(f"no voxel above the bone threshold {threshold:g}")
     target = _pick_component(image, comp, n, seed_lps)
-    vert = comp == target
-    axis = _unit(body_axis if body_axis is not None else (0.0, 0.0, 1.0))
-    vert, split = _split_neighbours(image, vert, axis)
     radius = max(1.0, 1.5 * float(h.min()))
-    vert = _close(vert, radius, h)
-    vert = ndi.binary_fill_holes(vert)
+    sub, box = _crop(image, comp == target, margin=int(np.ceil(radius / h.min())) + 4)
+    axis = _unit(body_axis if body_axis is not None else (0.0, 0.0, 1.0))
     k_ax = int(np.argmax(np.abs(image.direction.T @ axis)))
-    for ax in range(3):
-        if ax != k_ax:
-            vert = _fill_slices(vert, ax)
-    vert = ndi.binary_fill_holes(vert)
-    lab, m = ndi.label(vert, structure=_BALL26)
-    if m > 1:
-        vert = lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1)
+    vert = _fill(_close(sub.data, radius, h), k_ax)
+    if adaptive:
+        # Half-way between the surrounding soft tissue and the dense (cortical) bone: the
+        # fixed threshold puts the surface of a blurred cortex outside the true one.
+        vals = data[box]
+        ring = ndi.distance_transform_edt(~vert, sampling=h)
+        soft = float(np.median(vals[(ring > 2.0) & (ring <= 4.0)]))
+        dense = float(np.percentile(vals[sub.data], 95))
+        t2 = float(np.clip(0.5 * (soft + dense), threshold, 2.0 * threshold))
+        if t2 > threshold:
+            vert2 = _fill(_close((vals > t2) & sub.data, radius, h), k_ax)
+            if vert2.sum() >= 0.7 * vert.sum():
+                vert, threshold = vert2, t2
+    vert, split = _split_neighbours(sub, vert, axis)
+    if split:
+        vert = _fill(vert, k_ax)
+    full = np.zeros(image.shape, bool)
+    full[box] = vert
+    vert = full
     return image.with_data(vert.astype(np.uint8), units="label", kind="mask", threshold=float(threshold),
                            volume_ml=float(vert.sum()) * image.voxel_volume_mm3 / 1000.0, split=split)
+
+
+def _crop(image: Volume, mask: np.ndarray, margin: int):
+    """Sub-volume (bool data) around ``mask`` with ``margin`` voxels, and its index slices."""
+    idx = np.argwhere(mask)
+    lo = np.maximum(idx.min(axis=0) - margin, 0)
+    hi = np.minimum(idx.max(axis=0) + margin + 1, image.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    sub = Volume(mask[box], image.spacing, image.index_to_world(lo), image.direction, dict(image.meta))
+    return sub, box
+
+
+def _fill(mask: np.ndarray, k_ax: int) -> np.ndarray:
+    """3-D hole filling plus slice-wise filling in the planes that contain array axis ``k_ax``."""
+    out = ndi.binary_fill_holes(mask)
+    for ax in range(3):
+        if ax != k_ax:
+            out = _fill_slices(out, ax)
+    out = ndi.binary_fill_holes(out)
+    lab, m = ndi.label(out, structure=_BALL26)
+    if m > 1:
+        out = lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1)
+    return out
 
 
 def _pick_component(image: Volume, comp: np.ndarray, n: int, seed_lps) -> int:
@@ -268,7 +303,8 @@ def _body_and_frame(mask: Volume, body_axis=None):
     mp = np.pad(m, pad)
     edt = ndi.distance_transform_edt(mp, sampling=h)
     radius = max(0.5 * float(edt.max()), 1.5 * float(h.max()))
-    core = ndi.distance_transform_edt(~(edt > radius), sampling=h) <= radius
+    # Dilate by one voxel more than eroded: the EDT measures to background voxel centres.
+    core = ndi.distance_transform_edt(~(edt > radius), sampling=h) <= radius + float(h.max())
     core = (core & mp)[pad:-pad, pad:-pad, pad:-pad]
     lab, n = ndi.label(core, structure=_BALL26)
     if n == 0:
@@ -354,7 +390,9 @@ def vertebra_frame(mask: Volume, body_axis=None) -> dict:
         ``lower_endplate`` (mm along the body axis from the centre), ``body_height_mm``,
         ``body_width_mm``, ``body_depth_mm``, ``body_volume_ml``.
     """
-    return _body_and_frame(mask, body_axis)[1]
+    if not np.any(mask.data):
+        raise SegmentationError("empty vertebra mask")
+    return _body_and_frame(_crop(mask, mask.data > 0, margin=3)[0], body_axis)[1]
 
 
 def subregions(mask: Volume, body_axis=None, shell_mm: float = 1.0) -> Volume:
@@ -364,7 +402,7 @@ def subregions(mask: Volume, body_axis=None, shell_mm: float = 1.0) -> Volume:
     of the vertebra's surface, at least one voxel), 3 left and 4 right pedicle, 5 other
     posterior elements. A pedicle is the posterior-element bone of its side from the body
     up to where the cross-section, measured as a function of the distance from the body,
-    widens into the posterior arch (transverse process and lamina).
+    widens into the posterior arch (transverse process and lamina), at most 20 mm.
 
     Returns
     -------
@@ -372,6 +410,10 @@ def subregions(mask: Volume, body_axis=None, shell_mm: float = 1.0) -> Volume:
         uint8 region map; ``meta["frame"]`` holds :func:`vertebra_frame`'s dict and
         ``meta["pedicle_length_mm"]`` the per-side pedicle lengths.
     """
+    if not np.any(mask.data):
+        raise SegmentationError("empty vertebra mask")
+    full_mask = mask
+    mask, box = _crop(mask, mask.data > 0, margin=3)
     body, frame = _body_and_frame(mask, body_axis)
     m = mask.data > 0
     h = mask.spacing
@@ -394,19 +436,21 @@ def subregions(mask: Volume, body_axis=None, shell_mm: float = 1.0) -> Volume:
             if length > 0:
                 pick = idx[sel][d[sel] <= length]
                 out[tuple(pick.T)] = code
-    return mask.with_data(out, units="label", kind="regions", frame=frame, pedicle_length_mm=lengths)
+    full = np.zeros(full_mask.shape, np.uint8)
+    full[box] = out
+    return full_mask.with_data(full, units="label", kind="regions", frame=frame, pedicle_length_mm=lengths)
 
 
-def _pedicle_length(d: np.ndarray, vox_mm3: float, hmax: float) -> float:
+def _pedicle_length(d: np.ndarray, vox_mm3: float, hmax: float, max_mm: float = 20.0) -> float:
     """Distance from the body (mm) where a side's posterior elements widen past the pedicle."""
     if d.size == 0:
         return 0.0
     step = max(1.0, hmax)
-    edges = np.arange(0.0, min(float(d.max()), 40.0) + step, step)
+    edges = np.arange(0.0, min(float(d.max()), max_mm) + step, step)
     if edges.size < 3:
         return float(d.max())
     area = np.histogram(d, bins=edges)[0] * vox_mm3 / step
     ref = float(np.median(area[: min(3, area.size)]))
     grow = np.flatnonzero(area[1:] > 1.5 * max(ref, 1e-9)) + 1
     end = int(grow[0]) if grow.size else area.size
-    return float(edges[end])
+    return float(min(edges[end], max_mm))

@@ -62,9 +62,34 @@ class BoneLevelSet:
         return x
 
 
-def _heaviside_volume(phi: np.ndarray, h: float, voxel_mm3: float) -> float:
-    """Volume (mm^3) of {phi < 0} estimated with a linear ramp of width one voxel ``h``."""
-    return float(np.clip(0.5 - phi / h, 0.0, 1.0).sum() * voxel_mm3)
+class _interpolated_volume:
+    """Volume (mm^3) of {trilinear phi < c} as a function of the level offset c (mm).
+
+    Sub-samples (3 per axis) the voxels of a band around the surface once; voxels deeper
+    inside count whole. Trilinear interpolation of a voxelised distance cuts convex voxel
+    corners, so this is smaller than the voxel count, the more so for coarse voxels.
+    """
+
+    def __init__(self, phi: np.ndarray, sp: np.ndarray, f: int = 3):
+        band = 2.0 * float(sp.max())
+        self.vox = float(np.prod(sp))
+        self.sub = self.vox / f**3
+        self.core = float((phi < -band).sum() * self.vox)
+        idx = np.argwhere(np.abs(phi) <= band).astype(float)
+        o = (np.arange(f) + 0.5) / f - 0.5
+        offs = np.stack(np.meshgrid(o, o, o, indexing="ij"), -1).reshape(-1, 3)
+        pts = (idx[:, None, :] + offs[None]).reshape(-1, 3)
+        self.vals = np.sort(map_coordinates(phi, pts.T, order=1, mode="nearest"))
+        self.band = band
+
+    def __call__(self, c: float) -> float:
+        return self.core + np.searchsorted(self.vals, c) * self.sub
+
+    def offset_for(self, volume: float) -> float:
+        """Offset c (mm, |c| <= half the band) that makes the enclosed volume ``volume``."""
+        n = int(round((volume - self.core) / self.sub))
+        n = min(max(n, 0), len(self.vals) - 1)
+        return float(np.clip(self.vals[n], -0.5 * self.band, 0.5 * self.band))
 
 
 def bone_level_set(mask: Volume, smooth_sigma_mm: float | None = None, pad_mm: float = 8.0,
@@ -108,27 +133,18 @@ def bone_level_set(mask: Volume, smooth_sigma_mm: float | None = None, pad_mm: f
     # outside voxels straddle zero symmetrically.
     half = 0.5 * float(sp.min())
     phi = np.where(sub, -(d_in - half), d_out - half)
-    hvox = float(sp.mean())
     vox = float(np.prod(sp))
     raw_vol = float(sub.sum() * vox)
     sigma = 0.5 * float(sp.max()) if smooth_sigma_mm is None else float(smooth_sigma_mm)
     info = {"sigma_mm": sigma, "offset_mm": 0.0, "volume_change_uncorrected": 0.0,
             "mask_volume_mm3": raw_vol}
     if sigma > 0:
-        ref = _heaviside_volume(phi, hvox, vox)
         phi = gaussian_filter(phi, sigma / sp, mode="nearest")
-        smooth_vol = _heaviside_volume(phi, hvox, vox)
-        info["volume_change_uncorrected"] = smooth_vol / ref - 1.0
+    if preserve_volume or sigma > 0:
+        vol_of_offset = _interpolated_volume(phi, sp)
+        info["volume_change_uncorrected"] = vol_of_offset(0.0) / raw_vol - 1.0
         if preserve_volume:
-            # Volume is monotone in the offset: bisect for the shift that restores it.
-            a, b = -hvox, hvox
-            for _ in range(30):
-                c = 0.5 * (a + b)
-                if _heaviside_volume(phi - c, hvox, vox) < ref:
-                    a = c
-                else:
-                    b = c
-            c = 0.5 * (a + b)
+            c = vol_of_offset.offset_for(raw_vol)
             phi = phi - c
             info["offset_mm"] = c
     origin = mask.index_to_world(lo.astype(float))

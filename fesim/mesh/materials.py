@@ -1,6 +1,8 @@
 """Bone material mapping: element BMD from the image (Bonemat-style) and density-modulus laws.
 
-Densities: BMD in mg/cm^3 K2HPO4-equivalent; ash and apparent density in g/cm^3.
+Densities: BMD in mg/cm^3 K2HPO4-equivalent; ash and apparent density in g/cm^3. BMD -> ash
+uses :func:`fesim.imaging.calibration.qct_to_ash` (Keyak: 1.22 rho_K + 0.0523 by default);
+ash -> apparent divides by 0.6 (Schileo et al. 2008).
 Sources and equations: /work/shared/reference/domain.md sections 2 and 3.
 """
 
@@ -13,11 +15,11 @@ import numpy as np
 from scipy.ndimage import distance_transform_edt, map_coordinates
 
 from fesim.errors import MeshError
+from fesim.imaging.calibration import ASH_APPARENT_RATIO as ASH_TO_APPARENT
+from fesim.imaging.calibration import qct_to_ash
 from fesim.imaging.volume import Volume
 from fesim.mesh.tetmesh import REGION_BONE, REGION_CAP_LOWER, REGION_SCREW0, TetMesh
 
-#: Ash / apparent density ratio (Schileo et al. 2008, J Biomech 41:2483).
-ASH_TO_APPARENT = 0.6
 #: Titanium tensile yield (MPa, Ti-6Al-4V) and PMMA cap constants (Bonelab spine FE).
 SCREW_YIELD_MPA = 880.0
 CAP_E_MPA, CAP_NU, CAP_YIELD_MPA = 2500.0, 0.3, 70.0
@@ -25,21 +27,6 @@ CAP_E_MPA, CAP_NU, CAP_YIELD_MPA = 2500.0, 0.3, 70.0
 #: for laws that give no strength: sigma_y = E * strain.
 YIELD_STRAIN = 0.0084
 NO_YIELD = 1.0e20
-
-try:  # the imaging stage's converter when present (same equations)
-    from fesim.imaging.calibration import qct_to_ash as _qct_to_ash  # type: ignore
-except ImportError:  # pragma: no cover - depends on which stages exist
-    _qct_to_ash = None
-
-
-def k2hpo4_to_ash(bmd_mg_cm3) -> np.ndarray:
-    """Ash density (g/cm^3) from K2HPO4-equivalent BMD (mg/cm^3): Keyak 1.22 rho_K + 0.0523.
-
-    Negative BMD (noise in fat or marrow) is clipped to 0 first.
-    """
-    rho_k = np.maximum(np.asarray(bmd_mg_cm3, dtype=float), 0.0) / 1000.0
-    return 1.22 * rho_k + 0.0523
-
 
 # ----------------------------------------------------------------------------------------
 # Element BMD
@@ -108,14 +95,19 @@ def map_bmd(mesh: TetMesh, bmd: Volume, bone_mask: Volume, n_quad: int = 32,
     sel = mesh.is_bone() if bone_only else np.ones(mesh.n_elements, bool)
     out = np.zeros(mesh.n_elements)
     bary, wts = _reference_rule(_RULES[n_quad])
-    corners = mesh.points[mesh.cells[sel, :4]]
-    q = np.einsum("qa,mai->mqi", bary, corners).reshape(-1, 3)
-    ijk = bmd.world_to_index(q).T
-    num = map_coordinates(val * w_mask, ijk, order=1, mode="constant", cval=0.0).reshape(-1, len(wts)) @ wts
-    den = map_coordinates(w_mask, ijk, order=1, mode="constant", cval=0.0).reshape(-1, len(wts)) @ wts
-    fb = map_coordinates(ext, ijk, order=1, mode="nearest").reshape(-1, len(wts)) @ wts
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out[sel] = np.where(den > 1e-6, num / den, fb)
+    ids = np.flatnonzero(sel)
+    vals = np.empty(len(ids))
+    chunk = max(1, 2_000_000 // len(wts))  # bounds memory to a few hundred MB
+    for start in range(0, len(ids), chunk):
+        corners = mesh.points[mesh.cells[ids[start:start + chunk], :4]]
+        ijk = bmd.world_to_index(np.einsum("qa,mai->mqi", bary, corners).reshape(-1, 3)).T
+        num = map_coordinates(val * w_mask, ijk, order=1, mode="constant", cval=0.0)
+        den = map_coordinates(w_mask, ijk, order=1, mode="constant", cval=0.0)
+        fb = map_coordinates(ext, ijk, order=1, mode="nearest")
+        num, den, fb = (a.reshape(-1, len(wts)) @ wts for a in (num, den, fb))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            vals[start:start + chunk] = np.where(den > 1e-6, num / den, fb)
+    out[ids] = vals
     return out
 
 
@@ -176,13 +168,13 @@ class Materials:
     rho_app: np.ndarray
 
 
-def apply_law(law: str, bmd_mg_cm3) -> tuple[np.ndarray, np.ndarray]:
+def apply_law(law: str, bmd_mg_cm3, ash_method: str = "keyak") -> tuple[np.ndarray, np.ndarray]:
     """E (MPa) and yield stress (MPa) of bone with the given BMD under a named law."""
     if law not in LAWS:
         raise MeshError(f"unknown material law {law!r}; choose from {sorted(LAWS)}")
     lw = LAWS[law]
     bmd = np.asarray(bmd_mg_cm3, dtype=float)
-    ash = _qct_to_ash(bmd) if _qct_to_ash is not None else k2hpo4_to_ash(bmd)
+    ash = qct_to_ash(bmd, method=ash_method)
     rho = {"ash": ash, "apparent": ash / ASH_TO_APPARENT,
            "qct": np.maximum(bmd, 0.0) / 1000.0}[lw.density]
     e, s = lw.func(np.asarray(rho, dtype=float))
@@ -192,7 +184,7 @@ def apply_law(law: str, bmd_mg_cm3) -> tuple[np.ndarray, np.ndarray]:
 def element_materials(mesh: TetMesh, bmd_elem: np.ndarray, law: str = "keyak", nu_bone: float = 0.3,
                       e_floor_mpa: float = 1.0, cortical_law: str | None = None,
                       cortical_threshold_mg_cm3: float = 350.0, screw_E: float = 110000.0,
-                      screw_nu: float = 0.3) -> Materials:
+                      screw_nu: float = 0.3, ash_method: str = "keyak") -> Materials:
     """Materials of every element: bone from ``law``, screws titanium, caps PMMA.
 
     Parameters
@@ -208,6 +200,8 @@ def element_materials(mesh: TetMesh, bmd_elem: np.ndarray, law: str = "keyak", n
         Law used instead for bone elements with BMD >= ``cortical_threshold_mg_cm3``.
     screw_E, screw_nu : float
         Screw elastic constants (MPa, -).
+    ash_method : str
+        BMD -> ash equation of :func:`fesim.imaging.calibration.qct_to_ash`.
     """
     bmd_elem = np.asarray(bmd_elem, dtype=float)
     if bmd_elem.shape != (mesh.n_elements,):
@@ -216,10 +210,10 @@ def element_materials(mesh: TetMesh, bmd_elem: np.ndarray, law: str = "keyak", n
         raise MeshError("element BMD contains NaN or infinite values")
     m = mesh.n_elements
     bone = mesh.region == REGION_BONE
-    ash = np.where(bone, k2hpo4_to_ash(bmd_elem) if _qct_to_ash is None else _qct_to_ash(bmd_elem), 0.0)
-    E, sy = apply_law(law, bmd_elem)
+    ash = np.where(bone, qct_to_ash(bmd_elem, method=ash_method), 0.0)
+    E, sy = apply_law(law, bmd_elem, ash_method)
     if cortical_law is not None:
-        ec, sc = apply_law(cortical_law, bmd_elem)
+        ec, sc = apply_law(cortical_law, bmd_elem, ash_method)
         cort = bmd_elem >= cortical_threshold_mg_cm3
         E, sy = np.where(cort, ec, E), np.where(cort, sc, sy)
     E = np.where(bone, np.maximum(E, e_floor_mpa), 0.0)

@@ -80,16 +80,20 @@ def _snap(points, cells, bone, screws, alpha, quality_floor):
     snapped[nodes[ok]] = True
     # Only cells touching a snapped node can change shape or label; after the first pass
     # only those touching a node just reverted.
+    disp = np.linalg.norm(new - points, axis=1)
     lab = _label(points, cells, bone, screws)
     sign0 = np.sign(cell_volumes(points, cells))
     todo = np.flatnonzero(snapped[cells].any(axis=1))
-    for _ in range(100):
+    for _ in range(500):
         c = cells[todo]
         lab[todo] = _label(new, c, bone, screws)
         bad = (lab[todo] > 0) & ((cell_volumes(new, c) * sign0[todo] <= 0)
                                  | (radius_ratio(new, c) * sign0[todo] < quality_floor))
-        bad_nodes = np.unique(c[bad])
-        bad_nodes = bad_nodes[snapped[bad_nodes]]
+        # Undo one snap per bad cell: the longest move, which usually flattened it.
+        cb = c[bad]
+        moved = np.where(snapped[cb], disp[cb], -1.0)
+        pick = cb[np.arange(len(cb)), np.argmax(moved, axis=1)]
+        bad_nodes = np.unique(pick[snapped[pick]])
         if len(bad_nodes) == 0:
             return new, lab, int(snapped.sum())
         new[bad_nodes] = points[bad_nodes]

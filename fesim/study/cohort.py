@@ -22,6 +22,7 @@ import os
 import re
 import tempfile
 import traceback
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,8 +67,17 @@ class Scan:
 def _as_scan(item) -> Scan:
     if isinstance(item, Scan):
         return item
-    d = dict(item) if isinstance(item, dict) else (
-        item.as_scan() if hasattr(item, "as_scan") else dict(vars(item)))
+    if isinstance(item, dict):
+        d = dict(item)
+    elif hasattr(item, "as_scan"):
+        d = item.as_scan()
+    elif hasattr(item, "_asdict"):  # namedtuple
+        d = item._asdict()
+    else:
+        try:
+            d = dict(vars(item))
+        except TypeError:
+            raise InputError(f"cannot read a scan from {type(item).__name__}") from None
     patient = str(d.get("patient", "")).strip()
     if not _SAFE_ID.match(patient):
         raise InputError(f"patient ID {patient!r} must be letters, digits, '.', '_' or '-'")
@@ -79,7 +89,16 @@ def _as_scan(item) -> Scan:
     if month < 0 or month != m and isinstance(m, float):
         raise InputError(f"month of {patient} must be a non-negative integer, got {m!r}")
     dxa = d.get("dxa_abmd_g_cm2")
-    dxa = None if dxa in (None, "") else float(dxa)
+    if dxa in (None, ""):
+        dxa = None
+    else:
+        try:
+            dxa = float(dxa)
+        except (TypeError, ValueError):
+            dxa = math.nan
+        if not (math.isfinite(dxa) and dxa > 0):
+            raise InputError(f"dxa_abmd_g_cm2 of {patient} month {month} must be a positive "
+                             f"number of g/cm^2, got {d['dxa_abmd_g_cm2']!r}")
     path = d.get("path")
     path = None if path in (None, "") else str(path)
     extra = {k: v for k, v in d.items() if k not in _RESERVED}
@@ -114,7 +133,7 @@ def load_manifest(path) -> list[dict]:
         raise InputError(f"manifest not found: {path}")
     with path.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
-        missing = {"patient", "month", "path"} - set(reader.fieldnames or ())
+        missing = {"patient", "month", "path"} - {c.strip() for c in reader.fieldnames or () if c}
         if missing:
             raise InputError(f"manifest {path.name} lacks column(s): {', '.join(sorted(missing))}")
         known = ("patient", "month", "path", "dxa_abmd_g_cm2")
@@ -256,8 +275,8 @@ def _execute(todo, run_one, out_dir: Path, options, backend, n_workers, schedule
     client = Client(cluster if cluster is not None else scheduler_address)
     try:
         futs = [client.submit(_run_task, run_one, s, d, options, pure=False,
-                              key=f"fesim-scan-{s.scan_id}-{os.getpid()}-{i}")
-                for i, (s, d) in enumerate(zip(todo, dirs))]
+                              key=f"fesim-scan-{s.scan_id}-{uuid.uuid4().hex[:12]}")
+                for s, d in zip(todo, dirs)]
         by_key = {f.key: s for f, s in zip(futs, todo)}
         for f in as_completed(futs):
             yield (by_key[f.key], *_collect(f))
@@ -318,19 +337,26 @@ def run_cohort(scans, out_dir, run_one=None, backend: str = "local", n_workers: 
     log.info("cohort: %d scans, %d already done, %d to run (%s)",
              len(scans), len(results), len(todo), backend)
     n_workers = max(1, min(n_workers or os.cpu_count() or 1, max(len(todo), 1)))
-    for s, res, err in _execute(todo, run_one, out_dir, options, backend, n_workers,
-                                scheduler_address):
+
+    def save():
+        # rewritten after every scan so that the tables show progress and survive a kill
+        rows = [result_row(s, results[s.scan_id]) for s in scans if s.scan_id in results]
+        write_results_csv(rows, out_dir / "results.csv")
+        atomic_write_json(out_dir / "failures.json",
+                          [failures[s.scan_id] for s in scans if s.scan_id in failures])
+        return rows
+
+    rows = save()
+    for k, (s, res, err) in enumerate(_execute(todo, run_one, out_dir, options, backend,
+                                               n_workers, scheduler_address), 1):
         if err is None:
             results[s.scan_id] = res
-            log.info("scan %s done", s.scan_id)
+            log.info("[%d/%d] scan %s done", k, len(todo), s.scan_id)
         else:
             failures[s.scan_id] = {"patient": s.patient, "month": s.month, "path": s.path, **err}
-            log.warning("scan %s failed: %s: %s", s.scan_id, err["error_type"], err["error"])
-
-    rows = [result_row(s, results[s.scan_id]) for s in scans if s.scan_id in results]
-    write_results_csv(rows, out_dir / "results.csv")
-    atomic_write_json(out_dir / "failures.json",
-                      [failures[s.scan_id] for s in scans if s.scan_id in failures])
+            log.warning("[%d/%d] scan %s failed: %s: %s", k, len(todo), s.scan_id,
+                        err["error_type"], err["error"])
+        rows = save()
     return rows
 
 

@@ -218,7 +218,7 @@ def write_report(rows, out_dir, notes=(), figures: bool = True) -> dict:
     """
     rows = [r for r in rows if r.get(POS) not in (None, "")]
     if not rows:
-        raise InputError("no successful scans to report on")
+        raise InputError("no successful scans to report on (see failures.json of the cohort run)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     st = cohort_statistics(rows)

@@ -73,12 +73,15 @@ class ScanSpec:
     def as_scan(self, path=None) -> dict:
         """Scan dict for :func:`fesim.study.cohort.run_cohort`.
 
-        ``path`` is None for a phantom scan; ``density_scale`` and ``phantom_seed`` are then
-        passed on to the per-scan function as keyword arguments.
+        With ``path`` None, ``density_scale`` and ``phantom_seed`` are included and so passed
+        on to the per-scan function as keyword arguments (it builds the phantom). With the path
+        of an image written from this spec they are left out: the image already holds them.
         """
-        return {"patient": self.patient, "month": self.month, "path": path,
-                "dxa_abmd_g_cm2": self.dxa_abmd_g_cm2,
-                "density_scale": self.density_scale, "phantom_seed": self.phantom_seed}
+        scan = {"patient": self.patient, "month": self.month, "path": path,
+                "dxa_abmd_g_cm2": self.dxa_abmd_g_cm2}
+        if path is None:
+            scan.update(density_scale=self.density_scale, phantom_seed=self.phantom_seed)
+        return scan
 
 
 def mean_dxa_gain_percent(months) -> np.ndarray:

@@ -1,0 +1,105 @@
+"""Vertebra masks from labels and from thresholded QCT, sub-regions and frame (phantom + real CT)."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from fesim.errors import SegmentationError
+from fesim.imaging.nifti import read_nifti
+from fesim.imaging.phantom import PhantomSpec, make_phantom
+from fesim.imaging.segmentation import (dice, mask_from_labels, segment_vertebra, subregions,
+                                        vertebra_frame)
+from fesim.imaging.volume import Volume
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return make_phantom(PhantomSpec(neighbours=True))
+
+
+@pytest.fixture(scope="module")
+def rotated():
+    rot = Rotation.from_euler("xyz", [20, -15, 30], degrees=True).as_matrix()
+    return make_phantom(PhantomSpec(neighbours=True, direction=rot))
+
+
+def _data_dir() -> Path:
+    env = os.environ.get("FESIM_TEST_DATA")
+    d = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    d = d / "totalsegmentator"
+    if not (d / "example_ct_labels.nii.gz").is_file():
+        pytest.skip(f"real CT test data not found at {d}")
+    return d
+
+
+def test_mask_from_labels_components_and_truncation():
+    lab = np.zeros((20, 20, 20), np.uint8)
+    lab[5:10, 5:10, 5:10] = 3
+    lab[14:16, 14:16, 14:16] = 3  # a stray fragment
+    lab[8:12, 8:12, 15:20] = 4    # touches the last slice
+    v = Volume(lab, [1, 1, 1])
+    m = mask_from_labels(v, {3})
+    assert m.data.sum() == 125 and m.meta["n_components"] == 2
+    assert m.meta["discarded_ml"] == pytest.approx(0.008) and not m.meta["truncated"]
+    t = mask_from_labels(v, {4})
+    assert t.meta["truncated"] and t.meta["truncated_faces"] == ["k_max"]
+    both = mask_from_labels(v, {3, 4})
+    assert both.meta["label_values"] == [3, 4]
+    with pytest.raises(SegmentationError, match="not found"):
+        mask_from_labels(v, {9})
+
+
+def test_real_labels_lumbar_components_and_t12_truncated():
+    d = _data_dir()
+    lab = read_nifti(d / "example_ct_labels.nii.gz", kind="labels")
+    for value in range(27, 32):
+        m = mask_from_labels(lab, {value})
+        assert m.meta["n_components"] == 1, value
+        assert 57.0 <= m.meta["volume_ml"] <= 67.0, (value, m.meta["volume_ml"])  # "about 58-66 ml"
+        assert not m.meta["truncated"]
+    t12 = mask_from_labels(lab, {32})
+    assert t12.meta["truncated"] and "k_max" in t12.meta["truncated_faces"]
+    frame = vertebra_frame(mask_from_labels(lab, {28}))
+    assert frame["body_axis"][2] > 0.95 and frame["ap_axis"][1] < -0.95  # anterior = LPS -y
+    assert 25.0 < frame["body_height_mm"] < 40.0
+
+
+@pytest.mark.parametrize("which", ["phantom", "rotated"])
+def test_segment_phantom_with_neighbours(which, request):
+    p = request.getfixturevalue(which)
+    seg = segment_vertebra(p.hu)
+    assert dice(seg, p.labels.data == 1) > 0.9
+    # the neighbours (labels 2, 3) are not included
+    assert np.logical_and(seg.data > 0, np.isin(p.labels.data, (2, 3))).sum() < 0.01 * seg.data.sum()
+
+
+def test_segment_density_image_and_seed(phantom):
+    seg = segment_vertebra(phantom.bmd, seed_lps=[0.0, 0.0, 0.0])
+    assert dice(seg, phantom.labels.data == 1) > 0.9
+    l3 = segment_vertebra(phantom.hu, seed_lps=[0.0, 0.0, 36.0])
+    assert dice(l3, phantom.labels.data == 2) > 0.85
+    with pytest.raises(SegmentationError):
+        segment_vertebra(phantom.hu, threshold=5000.0)
+
+
+@pytest.mark.parametrize("which", ["phantom", "rotated"])
+def test_subregions_and_frame_match_truth(which, request):
+    p = request.getfixturevalue(which)
+    mask = p.labels.with_data((p.labels.data == 1).astype(np.uint8))
+    reg = subregions(mask)
+    truth = p.regions.data
+    d = {c: dice(reg.data == c, truth == c) for c in range(1, 6)}
+    assert d[1] > 0.95 and d[2] > 0.85 and d[5] > 0.9
+    assert d[3] > 0.7 and d[4] > 0.7
+    f = reg.meta["frame"]
+    assert np.linalg.norm(f["body_center"] - p.landmarks["body_center"]) < 1.0
+    assert f["body_axis"] @ p.landmarks["body_axis"] > 0.995
+    assert f["ap_axis"] @ np.array([0, -1.0, 0]) > 0.995 and f["ml_axis"][0] > 0.995
+    assert f["upper_endplate"] == pytest.approx(p.landmarks["upper_endplate_z"], abs=1.0)
+    assert f["lower_endplate"] == pytest.approx(p.landmarks["lower_endplate_z"], abs=1.0)
+    # left pedicle (code 3) on the patient's left (+x)
+    left = reg.index_to_world(np.argwhere(reg.data == 3)).mean(axis=0)
+    assert np.linalg.norm(left - p.landmarks["pedicle_left"]) < 3.0
