@@ -61,6 +61,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--order", dest="element_order", type=int, default=1, choices=[1, 2], help="1 = tet4, 2 = tet10")
     g.add_argument("--law", default="keyak", choices=["keyak", "morgan", "kopperdahl", "keller"],
                    help="density-modulus law (default keyak)")
+    g.add_argument("--ash-conversion", default="identity", choices=["identity", "keyak", "les"],
+                   help="QCT density -> ash density for the laws that take ash density: identity "
+                        "(as MECHANICAL FINDER studies do), keyak (1.22 rho_K2HPO4 + 0.0523), les (HA: "
+                        "0.877 rho + 0.0789) (default identity)")
     g.add_argument("--strength", default="nonlinear", choices=["nonlinear", "surrogate"])
     g.add_argument("--solver", default="auto", choices=["auto", "amg", "direct", "cholmod", "pardiso"])
     g.add_argument("--no-vtk", dest="write_vtk", action="store_false", help="skip VTU output")
@@ -70,7 +74,7 @@ def _run_options(args) -> dict:
     keys = ["labels", "level", "label_values", "convention", "series_uid", "calibration", "rod_densities",
             "rod_material", "screws", "trajectory", "screw_length_mm", "screw_diameter_mm", "screw_entry",
             "screw_direction", "screw_roi_radius_mm", "mesh_size_mm", "screw_mesh_size_mm", "element_order",
-            "law", "strength", "solver", "write_vtk"]
+            "law", "ash_conversion", "strength", "solver", "write_vtk"]
     return {k: getattr(args, k) for k in keys if hasattr(args, k)}
 
 
@@ -158,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--backend", default="processes", choices=["local", "processes", "dask"])
     q.add_argument("--workers", type=int, default=2)
     add_run_options(q)
-    q.set_defaults(func=cmd_demo)
+    # Coarser than `run` so that 12 scans finish in minutes on 2 cores.
+    q.set_defaults(func=cmd_demo, mesh_size_mm=3.0, screw_mesh_size_mm=1.5)
     return p
 
 

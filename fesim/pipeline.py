@@ -48,6 +48,7 @@ class RunOptions:
     screw_mesh_size_mm: float = 1.0
     element_order: int = 1
     law: str = "keyak"
+    ash_conversion: str = "identity"        # QCT density -> ash density: identity | keyak | les
     nu_bone: float = 0.3
     strength: str = "nonlinear"             # nonlinear | surrogate
     solver: str = "auto"
@@ -180,11 +181,13 @@ def plan(mask: Volume, regions: Volume, opts: RunOptions) -> list[ScrewPlan]:
 def bmd_measures(bmd: Volume, mask: Volume, regions: Volume, frame: dict, screws, opts) -> dict:
     from .imaging import bmd as bm
 
-    body = regions.with_data(np.isin(regions.data, (1, 2)).astype(np.uint8))
+    body = np.isin(regions.data, (1, 2))
+    posterior = (regions.data >= 3)  # kept out of the body's partial-volume margin
     out = {
-        "vbmd_trabecular_mg_cm3": bm.trabecular_vbmd(bmd, body, frame=frame),
-        "vbmd_integral_mg_cm3": bm.integral_vbmd(bmd, body),
-        "abmd_g_cm2": bm.areal_bmd(bmd, body, frame["ap_axis"]),
+        "vbmd_trabecular_mg_cm3": bm.trabecular_vbmd(bmd, body, axis=frame["body_axis"],
+                                                     center=frame["body_center"]),
+        "vbmd_integral_mg_cm3": bm.integral_vbmd(bmd, body, exclude=posterior),
+        "abmd_g_cm2": bm.areal_bmd(bmd, body, ap_axis=frame["ap_axis"], exclude=posterior),
     }
     per = [bm.screw_vbmd(bmd, s, mask, radius_mm=opts.screw_roi_radius_mm) for s in screws]
     out["vbmd_screw_mg_cm3"] = float(np.mean(per)) if per else float("nan")
@@ -238,7 +241,8 @@ def run_scan(scan, out_dir, **options) -> dict:
         quality = quality_report(mesh)
     with T("materials"):
         elem_bmd = map_bmd(mesh, bmd, mask)
-        mat = element_materials(mesh, elem_bmd, law=opts.law, nu_bone=opts.nu_bone)
+        mat = element_materials(mesh, elem_bmd, law=opts.law, nu_bone=opts.nu_bone,
+                                   ash_method=opts.ash_conversion)
     radius = 0.5 * min(frame["body_width_mm"], frame["body_depth_mm"])
     bframe = BodyFrame(frame["body_center"], frame["body_axis"], radius)
     cases = [compression_case(mesh, bframe)]
@@ -276,6 +280,7 @@ def run_scan(scan, out_dir, **options) -> dict:
         "screws": [s.to_dict() for s in screws],
         "mesh_quality": quality,
         "material_law": opts.law,
+        "ash_conversion": opts.ash_conversion,
         "analyses": {name: {**r.summary(), "strength_criterion": r.criterion}
                      for name, r in analyses.items()},
         "options": asdict(opts),

@@ -117,9 +117,9 @@ def _weighted_quantile(x, w, q):
 
 def run_strength(mesh: TetMesh, E0: np.ndarray, nu: np.ndarray, case: LoadCase,
                  fm: FailureModel | None = None, solver: str = "auto", max_steps: int = 30,
-                 step_fraction: float = 0.2, max_iter: int = 6, tol_changed: float = 1e-3,
-                 tol_force: float = 5e-3, stop_drop: float = 0.15, surrogate_fraction: float = 0.02,
-                 snapshot_every: int = 0, rtol: float = 1e-7) -> StrengthResult:
+                 step_fraction: float = 0.2, max_iter: int = 3, tol_changed: float = 1e-2,
+                 tol_force: float = 2e-2, stop_drop: float = 0.15, surrogate_fraction: float = 0.02,
+                 snapshot_every: int = 0, rtol: float = 1e-6) -> StrengthResult:
     """Trace the force-displacement curve of ``case`` through its peak.
 
     Parameters

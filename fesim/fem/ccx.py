@@ -89,13 +89,11 @@ def write_inp(model, path, node_print: bool = True, reactions: bool = True) -> P
         if model.bc_dofs.size:
             node, comp = model.bc_dofs // 3 + 1, model.bc_dofs % 3 + 1
             fh.write("*BOUNDARY\n")
-            _write_rows(fh, "%d,%d,%d,%.12e\n",
-                        np.column_stack([node, comp, comp, model.bc_values]).astype(object))
+            _write_rows(fh, "%d,%d,%d,%.12e\n", np.column_stack([node, comp, comp, model.bc_values]))
         nz = np.nonzero(model.forces)[0]
         if nz.size:
             fh.write("*CLOAD\n")
-            _write_rows(fh, "%d,%d,%.12e\n",
-                        np.column_stack([nz // 3 + 1, nz % 3 + 1, model.forces[nz]]).astype(object))
+            _write_rows(fh, "%d,%d,%.12e\n", np.column_stack([nz // 3 + 1, nz % 3 + 1, model.forces[nz]]))
         if node_print:
             fh.write("*NODE PRINT, NSET=NALL\nU\n")
             if reactions:
@@ -178,7 +176,7 @@ def run_ccx(model, workdir=None, timeout: float | None = None, threads: int = 2,
                 proc = subprocess.Popen([exe, "-i", "job"], cwd=work, env=env, stdout=log,
                                         stderr=subprocess.STDOUT, preexec_fn=pre)
                 try:
-                    _, status, ru = os.wait4(proc.pid, 0) if timeout is None else _wait(proc, timeout)
+                    _, status, ru = _wait(proc, timeout)
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
@@ -205,7 +203,11 @@ def run_ccx(model, workdir=None, timeout: float | None = None, threads: int = 2,
 
 
 def _wait(proc, timeout):
-    """``os.wait4`` with a deadline (polls; ``ccx`` runs take seconds to minutes)."""
+    """``os.wait4`` (for the child's peak memory) with an optional deadline in s."""
+    if timeout is None:
+        pid, status, ru = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        return pid, status, ru
     deadline = time.monotonic() + timeout
     while True:
         pid, status, ru = os.wait4(proc.pid, os.WNOHANG)

@@ -139,11 +139,39 @@ class Solution:
         return self.reactions.reshape(-1, 3)[nodes].sum(axis=0)
 
 
+class _SubmatrixUpdater:
+    """Adds element-matrix increments in place into a fixed CSR submatrix ``K[rows][:, cols]``.
+
+    ``row_map``/``col_map`` take a global unknown to its local row/column (or -1 when the
+    unknown is not in the submatrix). Entries are located by binary search on the sorted
+    (row, column) keys of the CSR structure, so an update costs O(k log nnz) for k entries.
+    """
+
+    def __init__(self, A: sp.csr_matrix, row_map: np.ndarray, col_map: np.ndarray):
+        A.sort_indices()
+        self.A = A
+        self.row_map, self.col_map = row_map, col_map
+        rows = np.repeat(np.arange(A.shape[0], dtype=np.int64), np.diff(A.indptr))
+        self.keys = rows * A.shape[1] + A.indices
+
+    def add(self, dofs: np.ndarray, Ke: np.ndarray) -> None:
+        r = self.row_map[dofs][:, :, None]
+        c = self.col_map[dofs][:, None, :]
+        ok = (r >= 0) & (c >= 0)
+        rr, cc = np.broadcast_arrays(r, c)
+        key = rr[ok] * self.A.shape[1] + cc[ok]
+        pos = np.searchsorted(self.keys, key)
+        self.A.data += np.bincount(pos, weights=Ke[ok], minlength=self.A.data.size)
+
+
 class StaticProblem:
     """Assembles and solves a model; keeps pattern and solver for repeated solves.
 
     Use one instance for a sequence of solves with the same mesh and constraint set
     (new moduli with :meth:`set_moduli`, new prescribed values with :meth:`solve`).
+    After the first assembly, :meth:`set_moduli` only touches elements whose modulus changed:
+    their stiffness increments are added in place into the reduced matrices, and the solver
+    keeps its preconditioner (rebuilt when CG needs far more iterations than at first).
     """
 
     def __init__(self, model: Model, solver: str = "auto", rtol: float = 1e-8):
@@ -158,19 +186,47 @@ class StaticProblem:
         self.free = np.setdiff1d(np.arange(n), model.bc_dofs)
         self._solver: LinearSolver | None = None
         self._u_prev = None
+        self._first_iters = None
+        self._E = None
+        self.n_rebuilds = 0
         self.set_moduli(model.E)
+
+    def _full_assembly(self, E):
+        m = self.model
+        K = self.assembler.assemble(E, m.nu).tocsr()
+        n = m.n_dofs
+        fmap = np.full(n, -1, dtype=np.int64)
+        fmap[self.free] = np.arange(self.free.size)
+        cmap = np.full(n, -1, dtype=np.int64)
+        cmap[m.bc_dofs] = np.arange(m.bc_dofs.size)
+        allmap = np.arange(n, dtype=np.int64)
+        Kf = K[self.free]
+        self.K_ff = Kf[:, self.free].tocsr()
+        self.K_fc = Kf[:, m.bc_dofs].tocsr()
+        self.K_c = K[m.bc_dofs].tocsr()  # constrained rows: reactions
+        self._upd = [_SubmatrixUpdater(self.K_ff, fmap, fmap), _SubmatrixUpdater(self.K_fc, fmap, cmap),
+                     _SubmatrixUpdater(self.K_c, cmap, allmap)]
 
     def set_moduli(self, E) -> None:
         """(Re)assemble with per-element moduli ``E`` (MPa); reuses pattern and preconditioner."""
-        self.model.E = np.asarray(E, dtype=float)
+        m = self.model
+        E = np.asarray(E, dtype=float)
         t = time.perf_counter()
-        K = self.assembler.assemble(self.model.E, self.model.nu).tocsr()
-        self.K = K
-        self.K_ff = K[self.free][:, self.free]
-        self.K_fc = K[self.free][:, self.model.bc_dofs]
+        if self._E is None:
+            self._full_assembly(E)
+        else:
+            changed = np.nonzero(E != self._E)[0]
+            if changed.size:
+                Ke = self.assembler.element_matrices(changed, E[changed] - self._E[changed], m.nu[changed])
+                c = m.mesh.cells[changed].astype(np.int64)
+                dofs = (3 * c[:, :, None] + np.arange(3)).reshape(len(changed), -1)
+                for u in self._upd:
+                    u.add(dofs, Ke)
+        self._E = E.copy()
+        m.E = self._E.copy()
         self.timings["assembly"] = self.timings.get("assembly", 0.0) + time.perf_counter() - t
         if self._solver is None:
-            B = rigid_body_modes(self.model.mesh.points)[self.free]
+            B = rigid_body_modes(m.mesh.points)[self.free]
             self._solver = make_solver(self.K_ff, self.method, rtol=self.rtol, near_null=B)
         else:
             self._solver.update(self.K_ff, reuse=True)
@@ -184,11 +240,20 @@ class StaticProblem:
         t = time.perf_counter()
         uf, info = self._solver.solve(rhs, x0=x0)
         self.timings["solve"] = self.timings.get("solve", 0.0) + time.perf_counter() - t
+        if self._first_iters is None:
+            self._first_iters = info.iterations
+        elif info.iterations > max(2 * self._first_iters + 10, 30):
+            t = time.perf_counter()  # the reused preconditioner has gone stale: rebuild it
+            self._solver.update(self.K_ff, reuse=False)
+            self.n_rebuilds += 1
+            self.timings["setup"] = self.timings.get("setup", 0.0) + time.perf_counter() - t
         u = np.empty(m.n_dofs)
         u[self.free] = uf
         u[m.bc_dofs] = uc
         self._u_prev = u
-        r = self.K @ u - f
+        r = np.zeros(m.n_dofs)
+        r[self.free] = self.K_ff @ uf - rhs  # equilibrium residual of the free unknowns
+        r[m.bc_dofs] = self.K_c @ u - f[m.bc_dofs]
         return Solution(u.reshape(-1, 3), r, info, dict(self.timings))
 
 

@@ -6,6 +6,8 @@ of the same pattern (``update``) reuse it. Back ends:
 
 * ``"amg"``  — conjugate gradients preconditioned by pyamg smoothed aggregation with the six
   rigid-body modes as near-null space (default for large models);
+* ``"pmg"`` — conjugate gradients preconditioned by a two-level p-multigrid (tet10 -> tet4)
+  with AMG on the tet4 level; needs the mesh cells (default for large models when given);
 * ``"direct"`` — scipy's SuperLU (small models; exact to round-off);
 * ``"cholmod"`` / ``"pardiso"`` — optional extras (scikit-sparse, pypardiso), used when installed.
 
@@ -93,16 +95,44 @@ class LinearSolver:
 
 @register("direct")
 class DirectSolver(LinearSolver):
-    """SuperLU factorisation (scipy). Factorises again on ``update`` (values change)."""
+    """SuperLU factorisation (scipy) with a symmetric fill-reducing ordering.
+
+    ``update(A, reuse=True)`` keeps the factors of the earlier matrix and solves the new
+    system by CG preconditioned with them (a few iterations when moduli change in a small
+    part of the model, as in secant steps); it factorises afresh when that CG stalls.
+    Without reuse the answer is exact to round-off.
+    """
+
+    max_reuse_iter = 60
 
     def _setup(self, A, reuse):
+        self._stale = False
+        if reuse and getattr(self, "_lu", None) is not None:
+            self._reused = True
+            return
+        self._reused = False
         try:
-            self._lu = spla.splu(A.tocsc(), permc_spec="COLAMD")
+            self._lu = spla.splu(A.tocsc(), permc_spec="MMD_AT_PLUS_A",
+                                 options={"SymmetricMode": True})
         except RuntimeError as exc:  # "Factor is exactly singular"
             raise SolverError(f"direct solver: matrix is singular ({exc}); is the model held?") from exc
 
     def _solve(self, b, x0):
-        return self._lu.solve(b), 1
+        if not self._reused:
+            return self._lu.solve(b), 1
+        n = self.A.shape[0]
+        M = spla.LinearOperator((n, n), matvec=self._lu.solve, dtype=np.float64)
+        it = [0]
+
+        def cb(xk):
+            it[0] += 1
+
+        x, info = spla.cg(self.A, b, x0=x0, rtol=self.rtol, atol=0.0, maxiter=self.max_reuse_iter,
+                          M=M, callback=cb)
+        if info != 0:  # old factors no longer a good preconditioner: factorise this matrix
+            self._setup(self.A, reuse=False)
+            return self._lu.solve(b), it[0] + 1
+        return x, it[0]
 
 
 @register("cholmod")
@@ -196,15 +226,20 @@ def make_solver(A, method: str = "auto", rtol: float = 1e-8, near_null=None, **k
     A : sparse symmetric positive definite matrix (N/mm)
     method : ``"auto"``, ``"amg"``, ``"direct"``, ``"cholmod"`` or ``"pardiso"``
     near_null : (n, 6) rigid-body modes for AMG (recommended)
+    cells, free, n_nodes : optional mesh information (keywords): connectivity (M, 4|10), the
+        mesh unknowns that ``A`` acts on, and the node count. Required by ``"pmg"`` (chosen
+        by ``"auto"`` for large models when given), ignored by the other back ends.
     """
     if method == "auto":
         if A.shape[0] <= AUTO_DIRECT_MAX_DOFS:
             method = "cholmod" if CholmodSolver.is_available() else "direct"
         else:
-            method = "amg"
+            method = "pmg" if kw.get("cells") is not None else "amg"
     if method not in _REGISTRY:
         raise SolverError(f"unknown solver {method!r}; choose from {sorted(_REGISTRY)}")
     cls = _REGISTRY[method]
+    if not getattr(cls, "needs_mesh", False):  # mesh keywords are optional hints for others
+        kw = {k: v for k, v in kw.items() if k not in ("cells", "free", "n_nodes")}
     if not cls.is_available():
         raise SolverError(f"solver {method!r} is not installed (optional extra)")
     return cls(A, rtol=rtol, near_null=near_null, **kw)
@@ -266,17 +301,22 @@ class PMultigridSolver(LinearSolver):
     ----------
     degree : Chebyshev polynomial degree of each pre-/post-smoothing step
     ratio : the smoother targets eigenvalues of D^-1 A in [lmax / ratio, lmax]
-    float32 : keep a single-precision copy of ``A`` for the smoother (halves its traffic)
+    float32 : keep a single-precision copy of ``A`` for the smoother and the residuals
+        inside the preconditioner (halves their memory traffic; CG itself stays float64)
+    coarse_cycles : AMG V-cycles per coarse correction
     """
 
+    needs_mesh = True
+
     def __init__(self, A, rtol=1e-8, maxiter=2000, near_null=None, cells=None, free=None,
-                 n_nodes=None, degree=3, ratio=8.0, float32=True):
+                 n_nodes=None, degree=2, ratio=8.0, float32=True, coarse_cycles=4):
         if cells is None:
             raise SolverError("pmg solver needs the mesh cells (make_solver(..., cells=, free=, n_nodes=))")
         self.cells = np.asarray(cells)
         self.n_nodes = int(n_nodes if n_nodes is not None else self.cells.max() + 1)
         self.free_dofs = np.arange(3 * self.n_nodes) if free is None else np.asarray(free)
         self.degree, self.ratio, self.float32 = degree, ratio, float32
+        self.coarse_cycles = coarse_cycles
         self._P = None
         super().__init__(A, rtol=rtol, maxiter=maxiter, near_null=near_null)
 
@@ -334,7 +374,7 @@ class PMultigridSolver(LinearSolver):
         delta = 0.5 * (self._lmax - self._lmin)
         sigma = theta / delta
         rho = 1.0 / sigma
-        r = r.astype(dinv.dtype)
+        r = r.copy()
         d = dinv * r / theta
         x = d.copy()
         for _ in range(self.degree - 1):
@@ -344,16 +384,20 @@ class PMultigridSolver(LinearSolver):
             d += (2.0 * rho_new / delta) * (dinv * r)
             x += d
             rho = rho_new
-        return x.astype(np.float64)
+        return x
 
     def _vcycle(self, b):
-        b = np.ravel(b)
+        """Symmetric two-level cycle: smooth, coarse correction, smooth (working precision
+        of the smoother copy)."""
+        A = self._As
+        b = np.ravel(b).astype(A.dtype)
         x = self._smooth(b)
-        r = b - self.A @ x
-        x += self._P @ self._ml.solve(self._P.T @ r, maxiter=1, cycle="V", tol=1e-30)
-        r = b - self.A @ x
+        r = b - A @ x
+        rc = self._P.T @ r.astype(np.float64)
+        x += (self._P @ self._ml.solve(rc, maxiter=self.coarse_cycles, cycle="V", tol=1e-30)).astype(A.dtype)
+        r = b - A @ x
         x += self._smooth(r)
-        return x
+        return x.astype(np.float64)
 
     def _solve(self, b, x0):
         it = [0]

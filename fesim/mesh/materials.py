@@ -97,10 +97,12 @@ def map_bmd(mesh: TetMesh, bmd: Volume, bone_mask: Volume, n_quad: int = 32,
     bary, wts = _reference_rule(_RULES[n_quad])
     ids = np.flatnonzero(sel)
     vals = np.empty(len(ids))
+    # The grid map is affine, so quadrature points are combined from corner indices directly.
+    node_ijk = bmd.world_to_index(mesh.points)
     chunk = max(1, 2_000_000 // len(wts))  # bounds memory to a few hundred MB
     for start in range(0, len(ids), chunk):
-        corners = mesh.points[mesh.cells[ids[start:start + chunk], :4]]
-        ijk = bmd.world_to_index(np.einsum("qa,mai->mqi", bary, corners).reshape(-1, 3)).T
+        corners = node_ijk[mesh.cells[ids[start:start + chunk], :4]]
+        ijk = np.matmul(bary, corners).reshape(-1, 3).T
         num = map_coordinates(val * w_mask, ijk, order=1, mode="constant", cval=0.0)
         den = map_coordinates(w_mask, ijk, order=1, mode="constant", cval=0.0)
         fb = map_coordinates(ext, ijk, order=1, mode="nearest")

@@ -8,8 +8,9 @@ and a simulated DXA areal BMD for the same visit.
 Simulation model (all numbers are *assumptions* chosen to resemble published effect sizes,
 see ``/work/shared/reference/domain.md`` section 6; nothing here is a result):
 
-* Baseline trabecular density: ``density_scale ~ N(0.90, 0.10)`` clipped to [0.70, 1.10] of
-  the phantom default (osteoporotic spread between patients).
+* Baseline trabecular density: ``density_scale ~ N(0.65, 0.10)`` clipped to [0.45, 0.90] of
+  the phantom default (140 mg/cm^3), i.e. about 65-125 mg/cm^3, mean ~90: osteoporotic to
+  osteopenic (QCT trabecular cut-off for osteoporosis ~80 mg/cm^3), with spread between patients.
 * DXA lumbar-spine aBMD gain from baseline follows the FREEDOM mean curve, +5.7 % at 12 and
   +7.8 % at 24 months (+9.8 % at 36), scaled by a per-patient responder factor
   ``N(1, 0.35)`` (between-patient SD about 2-3 %), plus DXA precision noise ``N(0, 1 %)`` per
@@ -119,7 +120,7 @@ def synthetic_cohort(n_patients: int = 4, months=(0, 12, 24), seed: int = 0) -> 
     n = int(n_patients)
     t = np.asarray(months, dtype=float)
 
-    base_scale = np.clip(rng.normal(0.90, 0.10, n), 0.70, 1.10)
+    base_scale = np.clip(rng.normal(0.65, 0.10, n), 0.45, 0.90)
     responder = rng.normal(1.0, 0.35, n)
     amplification = rng.uniform(1.5, 2.0, n)
     artefact = rng.normal(0.0, 0.095, n)
@@ -128,7 +129,7 @@ def synthetic_cohort(n_patients: int = 4, months=(0, 12, 24), seed: int = 0) -> 
     true_gain = responder[:, None] * mean_dxa_gain_percent(t)[None, :]
     dxa_noise = rng.normal(0.0, 1.0, (n, t.size)) * (t > 0)[None, :]
     density_scale = base_scale[:, None] * (1.0 + amplification[:, None] * true_gain / 100.0)
-    abmd0 = 0.74 + 0.055 * (base_scale - 0.90) / 0.10 + artefact
+    abmd0 = 0.74 + 0.055 * (base_scale - 0.65) / 0.10 + artefact
     abmd = abmd0[:, None] * (1.0 + (true_gain + dxa_noise) / 100.0)
 
     width = max(2, len(str(n)))
