@@ -146,10 +146,9 @@ def segment(bmd: Volume, opts: RunOptions) -> Volume:
 
     if opts.labels:
         from .imaging.labels import parse_label_values, resolve_level
-        from .imaging.nifti import check_same_grid, read_label_names, read_nifti
+        from .imaging.nifti import labels_on_grid, read_nifti
 
-        labels = read_nifti(opts.labels, kind="labels")
-        check_same_grid(bmd, labels)
+        labels = labels_on_grid(bmd, read_nifti(opts.labels, kind="labels"))
         if opts.label_values:
             values = parse_label_values(opts.label_values)
         else:

@@ -63,10 +63,14 @@ def test_anatomy_sizes(phantom):
 def test_bmd_truth_and_hu_calibration(phantom):
     spec = phantom.spec
     bmd, hu, reg = phantom.bmd.data, phantom.hu.data, phantom.regions.data
-    trab = bmd[reg == 1]
+    # Voxels are averages over their box: those a voxel away from the cortex are pure
+    # trabecular bone, those cut by the cortex surfaces mix in between.
+    trab = bmd[binary_erosion(reg == 1, iterations=2)]
     assert 100 < trab.min() and trab.max() < 185
     assert trab.mean() == pytest.approx(spec.trabecular_bmd, rel=0.1)
-    assert np.all(bmd[reg == 2] == pytest.approx(spec.cortical_bmd))
+    cortex = bmd[reg == 2]
+    assert cortex.max() == pytest.approx(spec.cortical_bmd) and cortex.min() > 100
+    assert np.all(bmd[reg == 1] <= spec.cortical_bmd + 1e-3)
     assert np.all(bmd[phantom.labels.data == 0][:1000] >= 0)
     # Deep trabecular voxels follow HU = offset + slope * BMD up to noise.
     deep = binary_erosion(reg == 1, iterations=3)
@@ -126,8 +130,10 @@ def test_direction_keeps_anatomy(phantom, direction):
     vv = rot.hu.voxel_volume_mm3
     ref_body = np.isin(phantom.regions.data, (1, 2)).sum() * phantom.hu.voxel_volume_mm3
     assert np.isin(rot.regions.data, (1, 2)).sum() * vv == pytest.approx(ref_body, rel=0.03)
-    trab = rot.bmd.data[rot.regions.data == 1].mean()
-    assert trab == pytest.approx(phantom.bmd.data[phantom.regions.data == 1].mean(), rel=0.01)
+    # (away from the rim, whose voxels share their box with the cortex)
+    trab = rot.bmd.data[binary_erosion(rot.regions.data == 1, iterations=2)].mean()
+    ref = phantom.bmd.data[binary_erosion(phantom.regions.data == 1, iterations=2)].mean()
+    assert trab == pytest.approx(ref, rel=0.01)
     for side, k in (("left", 3), ("right", 4)):
         assert rot.regions.sample(phantom.landmarks[f"pedicle_{side}"], order=0) == k
     rod = phantom.rods[-1]

@@ -51,14 +51,26 @@ class FailureModel:
     eps_yield_tension: float = 0.0078
     softening: float = 0.0
     fail_ratio: float = 2.5
+    failure_span: float = 1.5
     residual: float = 0.02
 
     def stress_ratio(self, r: np.ndarray) -> np.ndarray:
+        """Stress / yield stress as a function of the strain ratio ``r`` (continuous).
+
+        1 up to yield; then ``1 - softening (r - 1)``; from ``fail_ratio`` it falls linearly to
+        ``residual`` over ``failure_span`` (0 = abrupt failure); never below ``residual``.
+        """
+        r = np.asarray(r, dtype=float)
         s = np.ones_like(r)
         y = r > 1.0
-        s[y] = np.maximum(1.0 - self.softening * (r[y] - 1.0), self.residual)
-        s[r >= self.fail_ratio] = self.residual
-        return s
+        s[y] = 1.0 - self.softening * (r[y] - 1.0)
+        s_f = max(1.0 - self.softening * (self.fail_ratio - 1.0), self.residual)
+        f = r >= self.fail_ratio
+        if self.failure_span > 0:
+            s[f] = s_f - (s_f - self.residual) * (r[f] - self.fail_ratio) / self.failure_span
+        else:
+            s[f] = self.residual
+        return np.maximum(s, self.residual)
 
     def secant_factor(self, r: np.ndarray) -> np.ndarray:
         return self.stress_ratio(r) / np.maximum(r, 1.0)
@@ -66,8 +78,8 @@ class FailureModel:
     def describe(self) -> str:
         post = ("perfectly plastic" if self.softening == 0 else f"softening slope {self.softening:g}")
         return (f"principal-strain yield (compression {100 * self.eps_yield_compression:.2f} %, tension "
-                f"{100 * self.eps_yield_tension:.2f} %), {post}, element failure at "
-                f"{self.fail_ratio:g} x yield strain (residual modulus {self.residual:g})")
+                f"{100 * self.eps_yield_tension:.2f} %), {post}, failure from {self.fail_ratio:g} x yield "
+                f"strain, stress falling to {self.residual:g} of yield over {self.failure_span:g} x yield strain")
 
 
 @dataclass
@@ -119,7 +131,7 @@ def run_strength(mesh: TetMesh, E0: np.ndarray, nu: np.ndarray, case: LoadCase,
                  fm: FailureModel | None = None, solver: str = "auto", max_steps: int = 30,
                  step_fraction: float = 0.2, max_iter: int = 3, tol_changed: float = 1e-2,
                  tol_force: float = 2e-2, stop_drop: float = 0.15, surrogate_fraction: float = 0.02,
-                 snapshot_every: int = 0, rtol: float = 1e-6) -> StrengthResult:
+                 snapshot_every: int = 0, rtol: float = 1e-5) -> StrengthResult:
     """Trace the force-displacement curve of ``case`` through its peak.
 
     Parameters
@@ -194,7 +206,7 @@ def run_strength(mesh: TetMesh, E0: np.ndarray, nu: np.ndarray, case: LoadCase,
             break
     d_pk, F_pk, u_pk, f_pk, r_pk = peak
     yielded = bone & (f_pk < 1.0 - 1e-9)
-    failed = bone & (factor <= fm.residual / fm.fail_ratio + 1e-12)  # at the end of the curve
+    failed = bone & (factor <= fm.residual / (fm.fail_ratio + fm.failure_span) + 1e-12)  # at the end
     return StrengthResult(
         name=case.name, stiffness_N_per_mm=stiffness, strength_N=F_pk,
         displacement_at_peak_mm=d_pk, surrogate_strength_N=surrogate,

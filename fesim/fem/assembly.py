@@ -123,7 +123,7 @@ class Assembler:
         G, wdet = elements.gradients(self.points, self.cells[sl])
         Gc = np.ascontiguousarray(np.moveaxis(G, 3, 0))  # (3, m, Q, n)
         Gw = Gc * wdet[None, :, :, None]
-        return np.stack([np.einsum("mqa,mqb->mab", Gw[i], Gc[j]) for i, j in self._PAIRS])
+        return np.stack([np.matmul(Gw[i].transpose(0, 2, 1), Gc[j]) for i, j in self._PAIRS])
 
     def assemble(self, E, nu) -> sp.bsr_matrix:
         """Global stiffness (BSR, N/mm) for per-element E (MPa) and nu."""

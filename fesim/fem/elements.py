@@ -86,13 +86,13 @@ def gradients(points: np.ndarray, cells: np.ndarray, xi=None):
         w = np.zeros(len(xi))
     dN = shape_ref_gradients(n, xi)  # (Q, n, 3)
     X = points[cells]  # (M, n, 3)
-    J = np.einsum("mak,qaj->mqkj", X, dN)  # J[k, j] = dx_k / dxi_j
+    J = np.matmul(X.transpose(0, 2, 1)[:, None], dN[None])  # (M, Q, 3, 3): J[k, j] = dx_k / dxi_j
     det = np.linalg.det(J)
     if np.any(det <= 0):
         bad = np.unique(np.nonzero(det <= 0)[0])
         raise MeshError(f"{bad.size} element(s) have non-positive Jacobian (first: {bad[:5].tolist()})")
     Jinv = np.linalg.inv(J)  # dxi_j / dx_k
-    G = np.einsum("qaj,mqjk->mqak", dN, Jinv)
+    G = np.matmul(dN[None], Jinv)  # (M, Q, n, 3)
     return G, det * w[None, :]
 
 

@@ -228,6 +228,7 @@ class StaticProblem:
         if self._solver is None:
             B = rigid_body_modes(m.mesh.points)[self.free]
             self._solver = make_solver(self.K_ff, self.method, rtol=self.rtol, near_null=B)
+            self._setup_cost = max(self._solver.setup_s, 1e-3)
         else:
             self._solver.update(self.K_ff, reuse=True)
 
@@ -240,11 +241,16 @@ class StaticProblem:
         t = time.perf_counter()
         uf, info = self._solver.solve(rhs, x0=x0)
         self.timings["solve"] = self.timings.get("solve", 0.0) + time.perf_counter() - t
+        solve_s = time.perf_counter() - t
         if self._first_iters is None:
             self._first_iters = info.iterations
-        elif info.iterations > max(2 * self._first_iters + 10, 30):
-            t = time.perf_counter()  # the reused preconditioner has gone stale: rebuild it
+        elif (info.iterations > max(2 * self._first_iters + 10, 30)
+              or (info.reused_setup and solve_s > 0.5 * self._setup_cost)):
+            # The reused preconditioner has gone stale (more iterations, or solving now costs
+            # more than half a fresh set-up): rebuild it for the next solve.
+            t = time.perf_counter()
             self._solver.update(self.K_ff, reuse=False)
+            self._setup_cost = max(self._solver.setup_s, 1e-3)
             self.n_rebuilds += 1
             self.timings["setup"] = self.timings.get("setup", 0.0) + time.perf_counter() - t
         u = np.empty(m.n_dofs)

@@ -224,7 +224,7 @@ def make_solver(A, method: str = "auto", rtol: float = 1e-8, near_null=None, **k
     Parameters
     ----------
     A : sparse symmetric positive definite matrix (N/mm)
-    method : ``"auto"``, ``"amg"``, ``"direct"``, ``"cholmod"`` or ``"pardiso"``
+    method : ``"auto"``, ``"amg"``, ``"pmg"``, ``"direct"``, ``"cholmod"`` or ``"pardiso"``
     near_null : (n, 6) rigid-body modes for AMG (recommended)
     cells, free, n_nodes : optional mesh information (keywords): connectivity (M, 4|10), the
         mesh unknowns that ``A`` acts on, and the node count. Required by ``"pmg"`` (chosen
@@ -291,7 +291,9 @@ def _sa_hierarchy(A, B, max_coarse=500):
 @register("pmg")
 class PMultigridSolver(LinearSolver):
     """CG + two-level p-multigrid for tet10: Chebyshev-Jacobi smoothing on the tet10 unknowns,
-    one smoothed-aggregation AMG V-cycle on the Galerkin tet4 (corner-node) problem.
+    ``coarse_cycles`` smoothed-aggregation AMG V-cycles on the Galerkin tet4 (corner-node)
+    problem ``P^T A P``. Measured on vertebra-like models (contrast 370): 16-22 CG
+    iterations from 0.1 to 3 M unknowns, against 84 for SA AMG on tet10 at 0.33 M.
 
     Needs the mesh: pass ``cells`` (M, 10), ``free`` (the unknowns of ``A`` among the
     ``3 * n_nodes`` of the mesh) and ``n_nodes`` to :func:`make_solver`. For tet4 meshes it

@@ -64,6 +64,36 @@ class SeriesInfo:
     chosen: bool = False
     slices: list = field(default_factory=list, repr=False)
 
+    def describe(self) -> str:
+        """One readable line: chosen mark, UID, modality, size, spacing (mm), orientation.
+
+        Size is ``columns x rows x slices`` and spacing ``column x row x slice`` mm, i.e. along
+        the ``i, j, k`` axes of the volume :func:`read_dicom_series` returns. The orientation
+        is given as the patient (LPS) axis codes of the rows, columns and slice normal, e.g.
+        ``LPS`` for a plain axial series, plus the raw ImageOrientationPatient.
+        """
+        mark = "*" if self.chosen else " "
+        ps = list(self.pixel_spacing_mm)
+        sp = (f"{ps[1]:.3g} x {ps[0]:.3g} x " if len(ps) == 2 else "? x ? x ") + \
+            (f"{self.slice_spacing_mm:.3g}" if np.isfinite(self.slice_spacing_mm) else "?")
+        orient = "?"
+        if len(self.orientation) == 6:
+            iop = np.asarray(self.orientation, float)
+            cols = (iop[:3], iop[3:], np.cross(iop[:3], iop[3:]))
+            orient = "".join(_axis_code(v) for v in cols) + " [" + \
+                ",".join(f"{v:.3g}" for v in iop) + "]"
+        desc = f" '{self.description}'" if self.description else ""
+        chosen = " <- chosen" if self.chosen else ""
+        return (f"{mark} {self.uid}  {self.modality or '?'}  {self.columns} x {self.rows} x "
+                f"{self.n_slices}  spacing {sp} mm  orientation {orient}  {self.n_files} file(s), "
+                f"{self.size_mb:.1f} MB{desc}{chosen}")
+
+
+def _axis_code(v) -> str:
+    """Patient-axis letter (LPS: L/R, P/A, S/I) that a unit vector points most towards."""
+    k = int(np.argmax(np.abs(v)))
+    return ("LR", "PA", "SI")[k][0 if v[k] > 0 else 1]
+
 
 @dataclass
 class _Slice:

@@ -207,6 +207,53 @@ def check_same_grid(ct: Volume, labels: Volume, tol_mm: float = 1e-3) -> None:
         )
 
 
+def reorder_to_grid(vol: Volume, ref: Volume, tol_mm: float = 1e-3) -> Volume | None:
+    """``vol`` with its voxel axes permuted and flipped so it lies on ``ref``'s grid, exactly.
+
+    Works when both grids hold the same voxel centres in another axis order or sense (e.g. a
+    left-handed grid whose slice axis a DICOM reader reverses, or a sagittal vs an axial
+    storage order). No interpolation: every voxel value is kept. Returns None when the grids
+    are not such a reordering of each other (within ``tol_mm``).
+    """
+    dots = ref.direction.T @ vol.direction  # dots[a, b]: ref axis a . vol axis b
+    perm = np.argmax(np.abs(dots), axis=1)
+    if sorted(perm.tolist()) != [0, 1, 2] or np.any(np.abs(dots[np.arange(3), perm]) < 1 - 1e-4):
+        return None
+    data = np.transpose(vol.data, perm)
+    flip = dots[np.arange(3), perm] < 0
+    data = data[tuple(slice(None, None, -1) if f else slice(None) for f in flip)]
+    if data.shape != ref.shape:
+        return None
+    spacing = vol.spacing[perm]
+    direction = vol.direction[:, perm] * np.where(flip, -1.0, 1.0)
+    last = (np.array(vol.shape)[perm] - 1) * flip
+    origin = vol.origin + vol.direction[:, perm] @ (spacing * last)
+    out = Volume(np.ascontiguousarray(data), spacing, origin, direction, dict(vol.meta))
+    return out if np.all(np.abs(out.affine - ref.affine) <= tol_mm) else None
+
+
+def labels_on_grid(ct: Volume, labels: Volume, tol_mm: float = 1e-3) -> Volume:
+    """The label map on the CT grid: as is, or exactly reordered (axis order and sense).
+
+    Use instead of :func:`check_same_grid` when the label map may have been stored with
+    another axis order than the CT reader's, e.g. a left-handed NIfTI (negative qfac, as
+    written from a series whose slices run against the image normal) for a DICOM series
+    that :func:`fesim.imaging.dicom.read_dicom_series` returns right-handed.
+
+    Raises
+    ------
+    NiftiError
+        The label map covers other voxel centres than the CT (no resampling is done).
+    """
+    if labels.shape == ct.shape and np.all(np.abs(ct.affine - labels.affine) <= tol_mm):
+        return labels
+    moved = reorder_to_grid(labels, ct, tol_mm)
+    if moved is None:
+        check_same_grid(ct, labels, tol_mm)  # raises with the detailed message
+        raise NiftiError("label map grid differs from the CT grid")  # pragma: no cover
+    return moved
+
+
 def check_label_map(labels: Volume) -> None:
     """Raise :class:`NiftiError` unless ``labels.data`` holds non-negative integers."""
     _as_label_array(labels.data, "label map")

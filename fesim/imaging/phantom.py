@@ -163,6 +163,35 @@ def _vertebra(x, y, z):
     return parts
 
 
+def _partial_volume(bone_sdf, xyz, direction, spacing, eps: float = 0.05):
+    """Bone volume fraction of each voxel and the fraction inside the cortex (0..1).
+
+    A CT voxel averages over its box, so edge voxels hold a mix of bone and soft tissue.
+    Near a surface the fraction is the linear ramp ``0.5 - sdf / w``, with ``w`` the change
+    of the signed distance over one voxel step (``|grad sdf|`` in voxel units, from central
+    differences of ``eps`` mm) -- exact for a plane cutting the voxel parallel to a face and
+    unbiased on average otherwise. Without it the voxelised 1 mm cortex, and hence the image
+    content, would change by several percent between grids of another orientation or phase.
+    """
+    far = np.abs(bone_sdf + 0.5 * CORTEX_MM) > 0.5 * CORTEX_MM + spacing.max()
+    f_bone = (bone_sdf <= 0).astype(float)
+    f_inner = (bone_sdf <= -CORTEX_MM).astype(float)
+    band = np.flatnonzero(~far)
+    if band.size:
+        pts = [c[band] for c in xyz]
+        grad = np.empty((band.size, 3))
+        for a in range(3):
+            lo, hi = [list(pts) for _ in range(2)]
+            lo[a], hi[a] = pts[a] - eps, pts[a] + eps
+            grad[:, a] = (np.minimum.reduce(list(_vertebra(*hi).values()))
+                          - np.minimum.reduce(list(_vertebra(*lo).values()))) / (2 * eps)
+        w = np.maximum(np.linalg.norm((grad @ direction) * spacing, axis=1), 1e-6)
+        sd = bone_sdf[band]
+        f_bone[band] = np.clip(0.5 - sd / w, 0.0, 1.0)
+        f_inner[band] = np.clip(0.5 - (sd + CORTEX_MM) / w, 0.0, 1.0)
+    return f_bone, f_inner
+
+
 def _grid(spec: PhantomSpec):
     """Origin, direction, shape covering the field of view box on the requested grid."""
     d = np.eye(3) if spec.direction is None else np.asarray(spec.direction, float).reshape(3, 3)
@@ -226,20 +255,23 @@ def make_phantom(spec: PhantomSpec = PhantomSpec()) -> Phantom:
                           _slab(z, zc - DISC_H / 2, zc + DISC_H / 2)) <= 0
         hu[disc], labels[disc] = TISSUE_HU["disc"], 4
 
+    fraction = np.zeros(shape)  # bone volume fraction of each voxel
     for zc, label in levels:
         # Evaluate each vertebra only on the voxels of its slab (speed with neighbours).
-        sel = np.flatnonzero(np.abs(z - zc) <= BODY_H / 2 + 1.0)
+        sel = np.flatnonzero(np.abs(z - zc) <= BODY_H / 2 + spacing.max() + 1.0)
         xs, ys, zs = x.flat[sel], y.flat[sel], z.flat[sel] - zc
         parts = _vertebra(xs, ys, zs)
         bone_sdf = np.minimum.reduce(list(parts.values()))
         bone = bone_sdf <= 0
+        f_bone, f_inner = _partial_volume(bone_sdf, (xs, ys, zs), d, spacing)
         # Trabecular BMD: denser near the endplates and posteriorly (about 0.88-1.27 x tb).
         zr = zs / (BODY_H / 2)
         trab = tb * (1.0 + 0.15 * zr**2 + 0.12 * np.clip(ys / BODY_B, -1, 1.5))
         local = np.where(parts["body"] <= 0, trab, 1.2 * tb)
-        local = np.where(bone_sdf > -CORTEX_MM, cb, local)
+        part = f_bone > 0
+        bmd.flat[sel[part]] = ((f_bone - f_inner) * cb + f_inner * local)[part]
+        fraction.flat[sel[part]] = f_bone[part]
         idx = sel[bone]
-        bmd.flat[idx] = local[bone]
         labels.flat[idx] = label
         if label == 1:
             reg = np.where(parts["pedicle_left"] <= 0, 3, 5)
@@ -263,8 +295,9 @@ def make_phantom(spec: PhantomSpec = PhantomSpec()) -> Phantom:
             bmd[inside] = rho
             hu[inside] = spec.hu_offset + spec.hu_per_mg * rho
 
-    bone = (labels >= 1) & (labels <= 3)
-    hu[bone] = spec.hu_offset + spec.hu_per_mg * bmd[bone]
+    bone = fraction > 0
+    hu[bone] = (1.0 - fraction[bone]) * hu[bone] + fraction[bone] * spec.hu_offset \
+        + spec.hu_per_mg * bmd[bone]
 
     rng = np.random.default_rng(spec.seed)
     if spec.blur_mm > 0:
@@ -336,6 +369,21 @@ def truth_dict(phantom: Phantom) -> dict:
     })
 
 
+def dicom_grid(vol: Volume) -> Volume:
+    """``vol`` on the grid a DICOM reader returns after writing it as a series.
+
+    DICOM orders slices along the normal ``row x column`` of ImageOrientationPatient, so a
+    left-handed grid comes back with its slice axis ``k`` reversed; a right-handed grid is
+    returned unchanged.
+    """
+    if np.linalg.det(vol.direction) > 0:
+        return vol
+    d = vol.direction.copy()
+    origin = vol.origin + d[:, 2] * vol.spacing[2] * (vol.shape[2] - 1)
+    d[:, 2] *= -1.0
+    return Volume(np.ascontiguousarray(vol.data[:, :, ::-1]), vol.spacing, origin, d, dict(vol.meta))
+
+
 def write_phantom(phantom: Phantom, out_dir, compressed: str | None = None,
                   write_labels: bool = True, shuffle_names: bool = False) -> Path:
     """Write the phantom as a CT DICOM series plus ground truth.
@@ -361,7 +409,8 @@ def write_phantom(phantom: Phantom, out_dir, compressed: str | None = None,
     -----
     A left-handed ``direction`` (e.g. one flipped axis) is read back by
     :func:`fesim.imaging.dicom.read_dicom_series` with ``k`` reversed (slices are ordered
-    along the IOP normal); the world geometry is the same.
+    along the IOP normal); the world geometry is the same. ``labels.nii.gz`` is written on
+    the grid the reader returns (:func:`dicom_grid`), so it lands on the same voxels.
     """
     from fesim.imaging.dicom import write_dicom_series
 
@@ -376,9 +425,9 @@ def write_phantom(phantom: Phantom, out_dir, compressed: str | None = None,
         uid_key=json.dumps(_jsonable(asdict(phantom.spec)), sort_keys=True),
     )
     if write_labels:
-        import nibabel as nib
+        from fesim.imaging.nifti import write_nifti
 
-        ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ phantom.labels.affine
-        nib.save(nib.Nifti1Image(phantom.labels.data, ras), str(out / "labels.nii.gz"))
+        write_nifti(dicom_grid(phantom.labels), out / "labels.nii.gz",
+                    label_names={1: "L4", 2: "L3", 3: "L5", 4: "disc"})
     (out / "truth.json").write_text(json.dumps(truth_dict(phantom), indent=1))
     return out

@@ -13,9 +13,13 @@ Two trajectories (screw sizes from Matsukawa et al. 2015, domain.md section 1):
     technique; when the screw would breach the pedicle of the given anatomy, the angle
     closest to nominal that keeps it inside is used and a warning says so.
 
-Both are placed by a small search over lines near the nominal one (direction within a few
+Both are placed by a search over lines near the nominal one (direction within a few
 degrees, offsets within the isthmus cross-section) that keeps the whole screw at least its
-radius away from the bone surface, measured with a signed distance map of the mask. The
+radius away from the bone surface, measured with a signed distance map of the mask. For
+the traditional trajectory the search also tries lines through the pedicle's deepest
+voxels in 20 deg cones around the pedicle axis and around the isthmus -> body-centre
+direction, so a poorly estimated pedicle axis (coarse or real images) does not stop
+planning; lines near the nominal one win among equally long, breach-free screws. The
 tip stays at least ``tip_margin_mm`` inside the anterior or endplate cortex; a screw that
 cannot reach its nominal length is shortened with a warning.
 """
@@ -227,9 +231,12 @@ def plan_screws(mask: Volume, regions: Volume | None = None, sides=("left", "rig
     for side in sides:
         if side not in ("left", "right"):
             raise ScrewPlanError(f"side must be 'left' or 'right', got {side!r}")
-        centre, ped_axis = _pedicle_geometry(regions, 3 if side == "left" else 4, frame, side)
+        code = 3 if side == "left" else 4
+        centre, ped_axis = _pedicle_geometry(regions, code, frame, side)
         nominal = ped_axis if trajectory == "traditional" else _cbt_direction(frame, side)
-        screw = _best_screw(sdf, regions, centre, nominal, frame, side, trajectory, length, diameter,
+        passes, dirs, devs = _candidate_lines(sdf, regions, code, centre, nominal, frame, side,
+                                              trajectory, 0.5 * diameter)
+        screw = _best_screw(sdf, regions, passes, dirs, devs, side, trajectory, length, diameter,
                             tip_margin_mm)
         check_screw(mask, screw, regions, sdf=sdf)
         plans.append(screw)
@@ -303,11 +310,32 @@ def _cbt_direction(frame: dict, side: str, lateral_deg: float = CBT_LATERAL_DEG,
     return d / np.linalg.norm(d)
 
 
-def _best_screw(sdf: Volume, regions: Volume, centre, nominal, frame, side, trajectory, length, diameter, tip_margin):
-    """Search lines near the nominal one; return the best-fitting screw."""
-    r = 0.5 * diameter
-    # Coarse images locate the bone surface only to about half a voxel: tolerate that much.
-    slack = max(0.0, 0.5 * (float(sdf.spacing.max()) - 1.0))
+def _cone(axis, max_deg: float, step_deg: float) -> np.ndarray:
+    """Unit vectors (M, 3) filling a cone of half-angle ``max_deg`` around ``axis``, ~``step_deg`` apart."""
+    axis = np.asarray(axis, float) / np.linalg.norm(axis)
+    e1 = np.cross(axis, [1.0, 0.0, 0.0] if abs(axis[0]) < 0.9 else [0.0, 1.0, 0.0])
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(axis, e1)
+    out = [axis]
+    for theta in np.deg2rad(np.arange(step_deg, max_deg + 1e-9, step_deg)):
+        n = max(6, int(round(2 * np.pi * np.sin(theta) / np.deg2rad(step_deg))))
+        phi = np.arange(n) * 2 * np.pi / n
+        ring = np.cos(theta) * axis + np.sin(theta) * (np.cos(phi)[:, None] * e1 + np.sin(phi)[:, None] * e2)
+        out.extend(ring)
+    return np.array(out)
+
+
+def _candidate_lines(sdf: Volume, regions: Volume, code: int, centre, nominal, frame, side,
+                     trajectory, radius):
+    """Candidate lines: pass points (L, 3), unit directions (L, 3), deviation (deg) from ``nominal``.
+
+    Near-nominal lines through the isthmus centre (offsets up to 3 mm in the plane of the
+    mediolateral and body axes) as before. For the traditional trajectory, two wider sets
+    make planning robust when the pedicle axis estimate is poor (coarse or real images):
+    pass points at the pedicle's deepest voxels (most clearance from its wall), and
+    directions in 20 deg cones around the pedicle axis and around the direction from the
+    isthmus to the body centre.
+    """
     sign = 1.0 if side == "left" else -1.0
     ax, ml = frame["body_axis"], frame["ml_axis"]
     if trajectory == "traditional":
@@ -317,7 +345,7 @@ def _best_screw(sdf: Volume, regions: Volume, centre, nominal, frame, side, traj
         # From the nominal CBT angles towards the pedicle's own convergence, and 15-30 deg cranial.
         d_lat, d_cr = -np.arange(0.0, 24.1, 2.0), np.arange(-10.0, 5.1, 5.0)
         base_lat, base_cr = CBT_LATERAL_DEG, CBT_CRANIAL_DEG
-    dirs, devs = [], []
+    dirs = []
     for a in d_lat:
         for b in d_cr:
             if trajectory == "traditional":
@@ -325,69 +353,84 @@ def _best_screw(sdf: Volume, regions: Volume, centre, nominal, frame, side, traj
             else:
                 v = _cbt_direction(frame, side, base_lat + a, base_cr + b)
             dirs.append(v / np.linalg.norm(v))
-            devs.append(np.hypot(a, b))
-    dirs, devs = np.array(dirs), np.array(devs)
     offs = np.arange(-3.0, 3.01, 0.5)
     ou, ow = [g.ravel() for g in np.meshgrid(offs, offs, indexing="ij")]
-    # Lines through centre + offset (offset in the plane spanned by ml and the body axis).
-    passes = centre + ou[:, None] * ml + ow[:, None] * ax                       # (P, 3)
+    passes = centre + ou[:, None] * ml + ow[:, None] * ax
+    dirs = np.array(dirs)
+    pairs = [(np.repeat(passes, len(dirs), 0), np.tile(dirs, (len(passes), 1)))]
+    if trajectory == "traditional":
+        to_body = np.asarray(frame["body_center"], float) - centre
+        to_body /= np.linalg.norm(to_body)
+        wide = np.vstack([_cone(nominal, 20.0, 4.0), _cone(to_body, 20.0, 4.0)])
+        idx = np.argwhere(regions.data == code)
+        deep = idx[np.argsort(sdf.data[tuple(idx.T)])[:40]]
+        deep = regions.index_to_world(deep[sdf.data[tuple(deep.T)] < -0.5 * radius])
+        pairs.append((np.repeat(deep, len(wide), 0), np.tile(wide, (len(deep), 1))))
+    passes, dirs = (np.vstack(a) for a in zip(*pairs))
+    devs = np.degrees(np.arccos(np.clip(dirs @ nominal, -1.0, 1.0)))
+    return passes, dirs, devs
+
+
+def _best_screw(sdf: Volume, regions: Volume, passes, dirs, devs, side, trajectory, length,
+                diameter, tip_margin):
+    """Search the candidate lines; return the best-fitting screw."""
+    r = 0.5 * diameter
+    # Coarse images locate the bone surface only to about half a voxel: tolerate that much.
+    slack = max(0.0, 0.5 * (float(sdf.spacing.max()) - 1.0))
     step = 0.5
     ts = np.arange(-40.0, 60.0 + 1e-9, step)                                   # (T,)
     # Work in voxel indices: the map is affine, so transform the few line parameters only.
     m_inv = np.linalg.inv(sdf.direction * sdf.spacing[None, :])
     p_idx = (passes - sdf.origin) @ m_inv.T
     d_idx = dirs @ m_inv.T
-    idx = (p_idx[None, :, None, :] + ts[None, None, :, None] * d_idx[:, None, None, :]).reshape(-1, 3).T
+    idx = (p_idx[:, None, :] + ts[None, :, None] * d_idx[:, None, :]).reshape(-1, 3).T
     sd = ndi.map_coordinates(sdf.data, idx, order=1, mode="constant", cval=1e3)
-    sd = sd.reshape(len(dirs), len(passes), len(ts))
+    sd = sd.reshape(len(dirs), len(ts))                                        # (L, T)
     i0 = int(np.argmin(np.abs(ts)))
     inside = sd <= 0
     clear = -sd - r
     # Entry (screw head): going back from the pass point, the last position where the screw
     # still sits in bone except for at most GRAZE_MM (a thin lamina or an oblique surface).
-    back_out = (clear[:, :, : i0 + 1] < -GRAZE_MM)[:, :, ::-1]
-    n_back = np.where(back_out.any(axis=2), back_out.argmax(axis=2), i0 + 1)
+    back_out = (clear[:, : i0 + 1] < -GRAZE_MM)[:, ::-1]
+    n_back = np.where(back_out.any(axis=1), back_out.argmax(axis=1), i0 + 1)
     t_entry = ts[i0] - (n_back - 1) * step
     # Front: the shank must stay in bone (clearance >= 0) up to the tip, and the tip itself
     # must keep tip_margin from the surface (anterior cortex or endplate).
-    front = clear[:, :, i0:]
+    front = clear[:, i0:]
     front_bad = front < -slack
-    n_front = np.where(front_bad.any(axis=2), front_bad.argmax(axis=2), front.shape[2])
-    tip_ok = (front >= tip_margin) & (np.arange(front.shape[2]) < n_front[..., None])
-    n_tip = front.shape[2] - 1 - tip_ok[:, :, ::-1].argmax(axis=2)
-    t_front = np.where(tip_ok.any(axis=2), ts[i0] + n_tip * step, ts[i0])
+    n_front = np.where(front_bad.any(axis=1), front_bad.argmax(axis=1), front.shape[1])
+    tip_ok = (front >= tip_margin) & (np.arange(front.shape[1]) < n_front[..., None])
+    n_tip = front.shape[1] - 1 - tip_ok[:, ::-1].argmax(axis=1)
+    t_front = np.where(tip_ok.any(axis=1), ts[i0] + n_tip * step, ts[i0])
     avail = t_front - t_entry
     # Between the head and the pass point the screw must keep clear of the pedicle and body walls.
     reg = ndi.map_coordinates(regions.data, idx, order=0, mode="constant", cval=0).reshape(sd.shape)
-    tt = ts[None, None, :]
+    tt = ts[None, :]
     zone = (tt >= t_entry[..., None]) & (tt <= 0)
     core = zone & (reg >= 1) & (reg <= 4)
-    wall = np.where(core, clear, np.inf).min(axis=2)
-    wall = np.where(np.isfinite(wall), wall, clear[:, :, i0])
-    ok = (wall >= WALL_MARGIN_MM - slack) & (n_back > 1) & inside[:, :, i0]
+    wall = np.where(core, clear, np.inf).min(axis=1)
+    wall = np.where(np.isfinite(wall), wall, clear[:, i0])
+    ok = (wall >= WALL_MARGIN_MM - slack) & (n_back > 1) & inside[:, i0]
     got = np.minimum(avail, length)
     # Rank: fits without breach, then length (5 mm bins), angle near nominal (2 deg bins), clearance.
     score = -np.minimum(wall, 2.0)
-    key = np.stack(np.broadcast_arrays(~ok, -np.floor(got / 5.0), np.round(devs[:, None] / 2.0),
-                                       score), -1).reshape(-1, 4)
-    best = np.lexsort(key.T[::-1])[0]
-    di, pi = np.unravel_index(best, ok.shape)
-    if not ok[di, pi]:
+    best = int(np.lexsort((score, np.round(devs / 2.0), -np.floor(got / 5.0), ~ok))[0])
+    if not ok[best]:
         warnings.warn(f"no {trajectory} {side} screw of {diameter:g} mm fits the pedicle without "
-                      f"breaching it; using the best line (wall {wall[di, pi]:.2f} mm)", stacklevel=3)
-    use = float(min(length, max(avail[di, pi], 0.0)))
+                      f"breaching it; using the best line (wall {wall[best]:.2f} mm)", stacklevel=3)
+    use = float(min(length, max(avail[best], 0.0)))
     if use < 0.5 * length:
         raise ScrewPlanError(f"no {side} {trajectory} screw longer than {use:.0f} mm fits "
                              f"(requested {length:g} mm)")
     if use < length - 1e-6:
         warnings.warn(f"{side} {trajectory} screw shortened from {length:g} to {use:.1f} mm to keep "
                       "its tip inside the body", stacklevel=3)
-    if devs[di] > 2.0 and trajectory == "cortical":
-        warnings.warn(f"{side} cortical trajectory tilted {devs[di]:.0f} deg from the nominal "
+    if devs[best] > 2.0 and trajectory == "cortical":
+        warnings.warn(f"{side} cortical trajectory tilted {devs[best]:.0f} deg from the nominal "
                       f"{CBT_LATERAL_DEG:g} deg lateral / {CBT_CRANIAL_DEG:g} deg cranial to stay in "
                       "the pedicle", stacklevel=3)
-    entry = passes[pi] + t_entry[di, pi] * dirs[di]
-    return ScrewPlan(side=side, entry=entry, direction=dirs[di], length_mm=use,
+    entry = passes[best] + t_entry[best] * dirs[best]
+    return ScrewPlan(side=side, entry=entry, direction=dirs[best], length_mm=use,
                      diameter_mm=diameter, trajectory=trajectory)
 
 

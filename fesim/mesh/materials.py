@@ -1,4 +1,4 @@
-"""Bone material mapping: element BMD from the image (Bonemat-style) and density-modulus laws.
+"""Bone materials: density-modulus-strength laws (element BMD: :mod:`fesim.mesh.bmdmap`).
 
 Densities: BMD in mg/cm^3 K2HPO4-equivalent; ash and apparent density in g/cm^3. BMD -> ash
 uses :func:`fesim.imaging.calibration.qct_to_ash` (Keyak: 1.22 rho_K + 0.0523 by default);
@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from scipy.ndimage import distance_transform_edt, map_coordinates
 
 from fesim.errors import MeshError
 from fesim.imaging.calibration import ASH_APPARENT_RATIO as ASH_TO_APPARENT
 from fesim.imaging.calibration import qct_to_ash
-from fesim.imaging.volume import Volume
+from fesim.mesh.bmdmap import map_bmd  # noqa: F401  (re-exported for the pipeline)
 from fesim.mesh.tetmesh import REGION_BONE, REGION_CAP_LOWER, REGION_SCREW0, TetMesh
 
 #: Titanium tensile yield (MPa, Ti-6Al-4V) and PMMA cap constants (Bonelab spine FE).
@@ -27,91 +26,6 @@ CAP_E_MPA, CAP_NU, CAP_YIELD_MPA = 2500.0, 0.3, 70.0
 #: for laws that give no strength: sigma_y = E * strain.
 YIELD_STRAIN = 0.0084
 NO_YIELD = 1.0e20
-
-# ----------------------------------------------------------------------------------------
-# Element BMD
-# ----------------------------------------------------------------------------------------
-
-def _reference_rule(level: int) -> tuple[np.ndarray, np.ndarray]:
-    """Barycentric points (n, 4) and weights (n,) summing to 1: the symmetric 4-point rule
-    (degree 2) on each of the 8**level sub-tetrahedra of a uniform (red) subdivision."""
-    a, b = (5 + 3 * np.sqrt(5)) / 20, (5 - np.sqrt(5)) / 20
-    base = np.full((4, 4), b) + np.eye(4) * (a - b)
-    tets = [np.eye(4)]
-    for _ in range(level):
-        nxt = []
-        for t in tets:
-            m = {(i, j): 0.5 * (t[i] + t[j]) for i in range(4) for j in range(i + 1, 4)}
-            c, e = t, lambda i, j: m[(min(i, j), max(i, j))]
-            nxt += [np.array([c[0], e(0, 1), e(0, 2), e(0, 3)]), np.array([e(0, 1), c[1], e(1, 2), e(1, 3)]),
-                    np.array([e(0, 2), e(1, 2), c[2], e(2, 3)]), np.array([e(0, 3), e(1, 3), e(2, 3), c[3]]),
-                    np.array([e(0, 1), e(0, 2), e(0, 3), e(1, 3)]), np.array([e(0, 1), e(0, 2), e(1, 2), e(1, 3)]),
-                    np.array([e(0, 2), e(0, 3), e(1, 3), e(2, 3)]), np.array([e(0, 2), e(1, 2), e(1, 3), e(2, 3)])]
-        tets = nxt
-    pts = np.concatenate([base @ t for t in tets])
-    return pts, np.full(len(pts), 1.0 / len(pts))
-
-
-_RULES = {1: 0, 4: 1, 32: 2, 256: 3}
-
-
-def map_bmd(mesh: TetMesh, bmd: Volume, bone_mask: Volume, n_quad: int = 32,
-            bone_only: bool = True) -> np.ndarray:
-    """Element BMD (mg/cm^3): mean of the masked, trilinearly interpolated BMD over each element.
-
-    The BMD and the mask are interpolated separately and divided (normalised convolution), so
-    voxels outside the bone do not soften the surface elements. Where an element sees no mask
-    at all, the BMD of the nearest bone voxel is used.
-
-    Parameters
-    ----------
-    mesh : TetMesh
-    bmd : Volume
-        Calibrated BMD, mg/cm^3.
-    bone_mask : Volume
-        Non-zero = bone, on the same grid as ``bmd``.
-    n_quad : int
-        Quadrature points per element: 1 (centroid), 4 (degree 2), 32 or 256 (4-point rule on
-        8 or 64 sub-tetrahedra).
-    bone_only : bool
-        Return 0 for non-bone elements (screws, caps) instead of sampling them.
-
-    Returns
-    -------
-    ndarray (M,)
-    """
-    if n_quad not in _RULES:
-        raise MeshError(f"n_quad must be one of {sorted(_RULES)}, got {n_quad}")
-    if not bmd.same_grid(bone_mask):
-        raise MeshError("BMD volume and bone mask are not on the same grid")
-    w_mask = (np.asarray(bone_mask.data) != 0).astype(np.float64)
-    if not w_mask.any():
-        raise MeshError("the bone mask is empty")
-    val = np.asarray(bmd.data, dtype=np.float64)
-    # Nearest-bone-voxel extension as a fallback for elements that miss the mask.
-    idx = distance_transform_edt(w_mask == 0, sampling=bmd.spacing, return_distances=False,
-                                 return_indices=True)
-    ext = val[tuple(idx)]
-    sel = mesh.is_bone() if bone_only else np.ones(mesh.n_elements, bool)
-    out = np.zeros(mesh.n_elements)
-    bary, wts = _reference_rule(_RULES[n_quad])
-    ids = np.flatnonzero(sel)
-    vals = np.empty(len(ids))
-    # The grid map is affine, so quadrature points are combined from corner indices directly.
-    node_ijk = bmd.world_to_index(mesh.points)
-    chunk = max(1, 2_000_000 // len(wts))  # bounds memory to a few hundred MB
-    for start in range(0, len(ids), chunk):
-        corners = node_ijk[mesh.cells[ids[start:start + chunk], :4]]
-        ijk = np.matmul(bary, corners).reshape(-1, 3).T
-        num = map_coordinates(val * w_mask, ijk, order=1, mode="constant", cval=0.0)
-        den = map_coordinates(w_mask, ijk, order=1, mode="constant", cval=0.0)
-        fb = map_coordinates(ext, ijk, order=1, mode="nearest")
-        num, den, fb = (a.reshape(-1, len(wts)) @ wts for a in (num, den, fb))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            vals[start:start + chunk] = np.where(den > 1e-6, num / den, fb)
-    out[ids] = vals
-    return out
-
 
 # ----------------------------------------------------------------------------------------
 # Density-modulus-strength laws

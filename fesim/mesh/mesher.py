@@ -126,7 +126,7 @@ def _largest_component(cells: np.ndarray, vol: np.ndarray) -> np.ndarray:
 def mesh_vertebra(mask: Volume, screws: list[ScrewPlan] | None = None, size_mm: float = 2.0,
                   screw_size_mm: float = 0.7, order: int = 1, smooth: bool = True,
                   grading: float = 0.4, alpha: float = 0.4,
-                  smooth_sigma_mm: float | None = None) -> TetMesh:
+                  smooth_sigma_mm: float | None = None, allow_truncated: bool = False) -> TetMesh:
     """Conforming tetrahedral mesh of a bone mask with bonded cylindrical screws.
 
     Parameters
@@ -149,12 +149,22 @@ def mesh_vertebra(mask: Volume, screws: list[ScrewPlan] | None = None, size_mm: 
         Growth of the target size with distance from a screw surface (mm per mm).
     alpha : float
         Snap a node if its level set is below ``alpha`` x the cut edge's length.
+    allow_truncated : bool
+        Mesh a mask flagged ``meta["truncated"]`` (cut by the image border, see
+        :func:`fesim.imaging.segmentation.mask_from_labels`) instead of refusing it; the mesh
+        is then flagged ``info["truncated"] = True``.
 
     Returns
     -------
     TetMesh
         Positively oriented elements, ``region`` 1 for bone and ``10 + s`` for screws;
         ``info`` holds sizes, counts, volumes, timing and level-set smoothing diagnostics.
+
+    Raises
+    ------
+    MeshError
+        Empty or too thin mask, bad sizes or order, a screw not connected to the bone, or a
+        truncated mask without ``allow_truncated``.
     """
     t0 = time.perf_counter()
     screws = list(screws or [])
@@ -164,6 +174,11 @@ def mesh_vertebra(mask: Volume, screws: list[ScrewPlan] | None = None, size_mm: 
         raise MeshError(f"element sizes must be positive, got {size_mm} and {screw_size_mm} mm")
     if order not in (1, 2):
         raise MeshError(f"element order must be 1 or 2, got {order}")
+    truncated = bool(mask.meta.get("truncated", False))
+    if truncated and not allow_truncated:
+        faces = ", ".join(mask.meta.get("truncated_faces") or []) or "image border"
+        raise MeshError(f"the vertebra is cut by the image border ({faces}); a truncated "
+                        "vertebra gives a wrong model (pass allow_truncated=True to mesh it anyway)")
     sigma = 0.0 if not smooth else smooth_sigma_mm
     bone = bone_level_set(mask, sigma, pad_mm=2 * size_mm + 2)
     h = float(size_mm)
@@ -218,7 +233,8 @@ def mesh_vertebra(mask: Volume, screws: list[ScrewPlan] | None = None, size_mm: 
     mesh = TetMesh(new[used], cells, lab)
     vols = mesh.corner_volumes()
     mesh.info = {
-        "size_mm": h, "screw_size_mm": float(screw_size_mm), "n_refinement_levels": n_levels,
+        "size_mm": h, "screw_size_mm": float(screw_size_mm), "truncated": truncated,
+        "n_refinement_levels": n_levels,
         "n_snapped_nodes": n_snapped, "n_fragment_elements_dropped": n_fragment,
         "bone_level_set": bone.info,
         "volume_per_region_mm3": {int(r): float(vols[lab == r].sum()) for r in np.unique(lab)},
