@@ -88,11 +88,20 @@ def endplate_nodes(mesh: TetMesh, frame: BodyFrame, slab_mm: float | None = None
     return lower, upper
 
 
-def screw_head_nodes(mesh: TetMesh, screw: ScrewPlan, s: int, head_mm: float = 1.0) -> np.ndarray:
-    """Nodes of screw ``s`` within ``head_mm`` of its entry (head) end."""
-    nodes = mesh.nodes_of(mesh.is_screw(s))
+def screw_head_nodes(mesh: TetMesh, screw: ScrewPlan, s: int, head_mm: float | None = None) -> np.ndarray:
+    """Nodes of screw ``s`` within ``head_mm`` of its entry (head) end.
+
+    ``head_mm`` defaults to 1.5 mean edge lengths of the screw's elements (at least 1 mm), so
+    that the gripped slab holds a full layer of nodes whatever the mesh size.
+    """
+    sel = mesh.is_screw(s)
+    nodes = mesh.nodes_of(sel)
     if nodes.size == 0:
         raise ModelError(f"screw {s} ({screw.side}) has no elements in the mesh")
+    if head_mm is None:
+        c = mesh.cells[sel][:, :4]
+        edge = np.linalg.norm(mesh.points[c[:, 1]] - mesh.points[c[:, 0]], axis=1).mean()
+        head_mm = max(1.0, 1.5 * float(edge))
     t = (mesh.points[nodes] - screw.entry) @ screw.direction
     head = nodes[t <= t.min() + head_mm]
     if head.size < 3:
