@@ -68,13 +68,16 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--strength", default="nonlinear", choices=["nonlinear", "surrogate"])
     g.add_argument("--solver", default="auto", choices=["auto", "amg", "direct", "cholmod", "pardiso"])
     g.add_argument("--no-vtk", dest="write_vtk", action="store_false", help="skip VTU output")
+    g.add_argument("--export", type=lambda t: tuple(x for x in t.split(",") if x), default=(),
+                   help="also write the model for other solvers: inp (CalculiX/Abaqus), feb (FEBio), "
+                        "comma-separated")
 
 
 def _run_options(args) -> dict:
     keys = ["labels", "level", "label_values", "convention", "series_uid", "calibration", "rod_densities",
             "rod_material", "screws", "trajectory", "screw_length_mm", "screw_diameter_mm", "screw_entry",
             "screw_direction", "screw_roi_radius_mm", "mesh_size_mm", "screw_mesh_size_mm", "element_order",
-            "law", "ash_conversion", "strength", "solver", "write_vtk"]
+            "law", "ash_conversion", "strength", "solver", "write_vtk", "export"]
     return {k: getattr(args, k) for k in keys if hasattr(args, k)}
 
 

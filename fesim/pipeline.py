@@ -54,6 +54,7 @@ class RunOptions:
     solver: str = "auto"
     screw_roi_radius_mm: float | None = None
     write_vtk: bool = True
+    export: tuple = ()                      # solver decks to write: "inp" (CalculiX/Abaqus), "feb" (FEBio)
     max_steps: int = 30
 
     @classmethod
@@ -194,6 +195,31 @@ def bmd_measures(bmd: Volume, mask: Volume, regions: Volume, frame: dict, screws
     return out
 
 
+def export_models(out: Path, mesh, mat, cases, formats, delta_mm: float = 0.1) -> list[Path]:
+    """Write the model for other solvers: ``model.inp`` (one static step per load case, the
+    driven nodes displaced by ``delta_mm``) and/or ``model.feb`` (mesh, materials, node sets)."""
+    from .io.abaqus import write_inp
+    from .io.febio import write_feb
+
+    unknown = set(formats) - {"inp", "feb"}
+    if unknown:
+        raise InputError(f"unknown export format(s) {sorted(unknown)}: use inp, feb")
+    sets, steps = {}, []
+    for c in cases:
+        fixed, driven = f"{c.name}_FIXED".upper(), f"{c.name}_DRIVEN".upper()
+        sets[fixed], sets[driven] = c.fixed, c.driven
+        bnd = [(fixed, 1, 3, 0.0)] + [(driven, k + 1, k + 1, float(delta_mm * c.direction[k])) for k in range(3)]
+        steps.append({"name": c.name, "boundary": bnd})
+    written = []
+    if "inp" in formats:
+        write_inp(out / "model.inp", mesh, mat.E, mat.nu, node_sets=sets, steps=steps)
+        written.append(out / "model.inp")
+    if "feb" in formats:
+        write_feb(out / "model.feb", mesh, mat.E, mat.nu, node_sets=sets)
+        written.append(out / "model.feb")
+    return written
+
+
 def run_scan(scan, out_dir, **options) -> dict:
     """Analyse one scan end to end and write ``out_dir/result.json`` (and VTK files).
 
@@ -246,14 +272,20 @@ def run_scan(scan, out_dir, **options) -> dict:
     bframe = BodyFrame(frame["body_center"], frame["body_axis"], radius)
     cases = [compression_case(mesh, bframe)]
     cases += [pullout_case(mesh, s, i, bframe) for i, s in enumerate(screws)]
+    from .fem.assembly import Assembler
+
+    assembler = Assembler(mesh.points, mesh.cells)  # pattern and element matrices shared by all cases
     analyses = {}
     for case in cases:
         with T(case.name):
             res = run_strength(mesh, mat.E, mat.nu, case, solver=opts.solver, max_steps=opts.max_steps,
-                               snapshot_every=3 if opts.write_vtk else 0)
+                               snapshot_every=3 if opts.write_vtk else 0, assembler=assembler)
         analyses[case.name] = res
         with T("write"):
             write_case_outputs(out, mesh, mat, elem_bmd, res, vtk=opts.write_vtk)
+
+    with T("write"):
+        export_models(out, mesh, mat, cases, opts.export)
 
     def strength(r):
         return r.strength_N if opts.strength == "nonlinear" else r.surrogate_strength_N

@@ -55,7 +55,7 @@ def test_softening_passes_peak_and_falls():
     rng = np.random.default_rng(0)
     E = 500.0 * rng.uniform(0.8, 1.2, mesh.n_elements)
     res = run_strength(mesh, E, np.full(mesh.n_elements, 0.3), _uniaxial_case(mesh), fm,
-                       solver="direct", max_steps=40, step_fraction=0.2)
+                       solver="direct", max_steps=40, step_fraction=0.2, stop_drop=0.15)
     assert res.passed_peak
     f = np.array(res.curve_force_N)
     k = int(np.argmax(f))

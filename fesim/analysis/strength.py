@@ -130,8 +130,8 @@ def _weighted_quantile(x, w, q):
 def run_strength(mesh: TetMesh, E0: np.ndarray, nu: np.ndarray, case: LoadCase,
                  fm: FailureModel | None = None, solver: str = "auto", max_steps: int = 30,
                  step_fraction: float = 0.2, max_iter: int = 3, tol_changed: float = 1e-2,
-                 tol_force: float = 2e-2, stop_drop: float = 0.15, surrogate_fraction: float = 0.02,
-                 snapshot_every: int = 0, rtol: float = 1e-5) -> StrengthResult:
+                 tol_force: float = 2e-2, stop_drop: float = 0.05, surrogate_fraction: float = 0.02,
+                 snapshot_every: int = 0, rtol: float = 1e-5, assembler=None) -> StrengthResult:
     """Trace the force-displacement curve of ``case`` through its peak.
 
     Parameters
@@ -141,6 +141,8 @@ def run_strength(mesh: TetMesh, E0: np.ndarray, nu: np.ndarray, case: LoadCase,
     step_fraction : displacement increment as a fraction of the surrogate's failure displacement
     stop_drop : stop once the force has fallen this fraction below the peak
     snapshot_every : keep (delta, u, factor) every n steps for a ParaView series (0 = none)
+    assembler : a :class:`fesim.fem.assembly.Assembler` of this mesh to reuse (pattern and
+        element matrices are then shared between load cases)
     """
     fm = fm or FailureModel()
     t0 = time.perf_counter()
@@ -148,7 +150,7 @@ def run_strength(mesh: TetMesh, E0: np.ndarray, nu: np.ndarray, case: LoadCase,
     vol = np.abs(elements.element_volumes(mesh.points, mesh.cells))
     model = Model(mesh, E0, nu)
     case.apply(model, 1.0)  # unit displacement along the pull direction
-    prob = StaticProblem(model, solver=solver, rtol=rtol)
+    prob = StaticProblem(model, solver=solver, rtol=rtol, assembler=assembler)
     n_solves = 0
 
     def solve_unit(E):

@@ -174,13 +174,13 @@ class StaticProblem:
     keeps its preconditioner (rebuilt when CG needs far more iterations than at first).
     """
 
-    def __init__(self, model: Model, solver: str = "auto", rtol: float = 1e-8):
+    def __init__(self, model: Model, solver: str = "auto", rtol: float = 1e-8, assembler: Assembler | None = None):
         check_supported(model)
         self.model = model
         self.method = solver
         self.rtol = rtol
         t = time.perf_counter()
-        self.assembler = Assembler(model.mesh.points, model.mesh.cells)
+        self.assembler = assembler or Assembler(model.mesh.points, model.mesh.cells)
         self.timings = {"pattern": time.perf_counter() - t}
         n = model.n_dofs
         self.free = np.setdiff1d(np.arange(n), model.bc_dofs)
@@ -227,7 +227,8 @@ class StaticProblem:
         self.timings["assembly"] = self.timings.get("assembly", 0.0) + time.perf_counter() - t
         if self._solver is None:
             B = rigid_body_modes(m.mesh.points)[self.free]
-            self._solver = make_solver(self.K_ff, self.method, rtol=self.rtol, near_null=B)
+            self._solver = make_solver(self.K_ff, self.method, rtol=self.rtol, near_null=B,
+                                       cells=m.mesh.cells, free=self.free, n_nodes=m.mesh.n_nodes)
             self._setup_cost = max(self._solver.setup_s, 1e-3)
         else:
             self._solver.update(self.K_ff, reuse=True)
