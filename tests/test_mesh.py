@@ -193,3 +193,25 @@ def test_real_ct_lumbar_volumes():
         ref = mask.data.sum() * mask.voxel_volume_mm3
         assert abs(vol / ref - 1) < 0.03, (code, vol, ref)
         check_quality(m)
+
+
+def test_truncated_mask_refused(body):
+    cut = body.with_data(body.data.copy(), truncated=True, truncated_faces=["k_max"])
+    with pytest.raises(MeshError, match="cut by the image border.*k_max"):
+        mesh_vertebra(cut, [], size_mm=3.0)
+    m = mesh_vertebra(cut, [], size_mm=3.0, allow_truncated=True)
+    assert m.info["truncated"] is True
+    assert mesh_vertebra(body, [], size_mm=3.0).info["truncated"] is False
+
+
+@pytest.mark.realdata
+def test_real_t12_truncated_refused():
+    labels = _data_dir() / "totalsegmentator" / "example_ct_labels.nii.gz"
+    if not labels.is_file():
+        pytest.skip(f"real CT test data not found at {labels}")
+    from fesim.imaging.nifti import read_nifti
+    from fesim.imaging.segmentation import mask_from_labels
+    t12 = mask_from_labels(read_nifti(labels, kind="labels"), [32])
+    assert t12.meta["truncated"]
+    with pytest.raises(MeshError, match="cut by the image border"):
+        mesh_vertebra(t12, [])

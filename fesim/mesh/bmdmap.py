@@ -101,6 +101,19 @@ def _outside_mesh(mesh: TetMesh, x: np.ndarray, k: int = 12) -> np.ndarray:
     return outside
 
 
+def _quadrature(mesh, ids, fields, node_ijk, n_quad):
+    """Element means of each trilinearly interpolated field (index-space arrays)."""
+    bary, wts = _reference_rule(_RULES[n_quad])
+    out = [np.empty(len(ids)) for _ in fields]
+    chunk = max(1, 2_000_000 // len(wts))  # bounds memory to a few hundred MB
+    for start in range(0, len(ids), chunk):
+        ijk = np.matmul(bary, node_ijk[mesh.cells[ids[start:start + chunk], :4]]).reshape(-1, 3).T
+        for arr, res in zip(fields, out):
+            v = map_coordinates(arr, ijk, order=1, mode="constant", cval=0.0)
+            res[start:start + chunk] = v.reshape(-1, len(wts)) @ wts
+    return out
+
+
 def map_bmd(mesh: TetMesh, bmd: Volume, bone_mask: Volume, n_quad: int = 32,
             bone_only: bool = True, conserve_mass: bool = True, reach_mm: float | None = None,
             info: dict | None = None) -> np.ndarray:
@@ -130,7 +143,8 @@ def map_bmd(mesh: TetMesh, bmd: Volume, bone_mask: Volume, n_quad: int = 32,
         is not assigned (default: longest bone boundary edge plus one voxel diagonal).
     info : dict, optional
         Filled with the mineral balance in mg: ``mass_voxels_mg``, ``mass_elements_mg``
-        (selected elements), ``mass_outside_assigned_mg``, ``mass_outside_unassigned_mg``,
+        (selected elements), ``mass_unselected_elements_mg`` (mineral displaced by screws and
+        caps when ``bone_only``), ``mass_outside_assigned_mg``, ``mass_outside_unassigned_mg``,
         ``mass_fallback_mg`` (added to elements that saw no mineral at all, set to the BMD of
         the nearest bone voxel) and ``n_fallback_elements``.
 
@@ -157,16 +171,9 @@ def map_bmd(mesh: TetMesh, bmd: Volume, bone_mask: Volume, n_quad: int = 32,
     g = np.asarray(bmd.data, dtype=np.float64)[sl] * w_mask
     vox = bmd.voxel_volume_mm3
     out = np.zeros(mesh.n_elements)
-    bary, wts = _reference_rule(_RULES[n_quad])
-    num, den = np.empty(len(ids)), np.empty(len(ids))
     # The grid map is affine, so quadrature points are combined from corner indices directly.
     node_ijk = bmd.world_to_index(mesh.points) - lo
-    chunk = max(1, 2_000_000 // len(wts))  # bounds memory to a few hundred MB
-    for start in range(0, len(ids), chunk):
-        ijk = np.matmul(bary, node_ijk[mesh.cells[ids[start:start + chunk], :4]]).reshape(-1, 3).T
-        for arr, res in ((g, num), (w_mask, den)):
-            v = map_coordinates(arr, ijk, order=1, mode="constant", cval=0.0)
-            res[start:start + chunk] = v.reshape(-1, len(wts)) @ wts
+    num, den = _quadrature(mesh, ids, (g, w_mask), node_ijk, n_quad)
     vol = np.abs(mesh.corner_volumes()[ids])
     if conserve_mass:
         mineral = num * vol + _outside_mineral(mesh, g, w_mask, bmd, lo, sel, ids, reach_mm, info)
@@ -185,6 +192,10 @@ def map_bmd(mesh: TetMesh, bmd: Volume, bone_mask: Volume, n_quad: int = 32,
         vals[empty] = map_coordinates(ext, cen.T, order=1, mode="nearest")
     out[ids] = vals
     if info is not None:
+        rest = np.flatnonzero(~sel)
+        (num_rest,) = _quadrature(mesh, rest, (g,), node_ijk, n_quad) if len(rest) else (np.zeros(0),)
+        info.update(mass_unselected_elements_mg=float(
+            (num_rest * np.abs(mesh.corner_volumes()[rest])).sum() * 1e-3))
         info.update(mass_voxels_mg=float(g.sum() * vox * 1e-3),
                     mass_elements_mg=float((vals * vol).sum() * 1e-3),
                     mass_fallback_mg=float((vals[empty] * vol[empty]).sum() * 1e-3),
@@ -192,35 +203,60 @@ def map_bmd(mesh: TetMesh, bmd: Volume, bone_mask: Volume, n_quad: int = 32,
     return out
 
 
-def _outside_mineral(mesh, g, w_mask, bmd, lo, sel, ids, reach_mm, info) -> np.ndarray:
+def _outside_mineral(mesh, g, w_mask, bmd, lo, sel, ids, reach_mm, info,
+                     cell_mm: float = 0.8) -> np.ndarray:
     """Mineral (mg/cm^3 x mm^3) of ``g`` outside the mesh, summed per selected element.
 
-    ``g`` is sampled at the centres of the 2 x 2 x 2 sub-cells of every voxel of its support
-    (the mask dilated by one voxel); each sub-cell lies within one trilinear piece, so the
-    midpoint rule integrates ``g`` exactly. Only sub-cells of voxels within ``reach_mm`` of
-    the mask surface are tested for lying outside the mesh; deeper ones are inside it.
+    ``g`` is integrated by the midpoint rule on the 2 x 2 x 2 sub-cells of every voxel of its
+    support (the mask dilated by one voxel); each sub-cell lies within one trilinear piece,
+    so this is exact. Sub-cells near the mesh boundary are bisected further (still exact)
+    down to about ``cell_mm``, then each is classified inside/outside the mesh by its centre.
+    Only voxels within ``reach_mm`` of the mask surface are considered; deeper ones are
+    inside the mesh.
     """
     sup = binary_dilation(w_mask > 0, structure=np.ones((3, 3, 3), bool))
     depth = distance_transform_edt(sup, sampling=bmd.spacing)
-    vox_ijk = np.argwhere(sup & (depth <= reach_mm + float(bmd.spacing.max())))
-    o = np.array([-0.25, 0.25])
-    offs = np.stack(np.meshgrid(o, o, o, indexing="ij"), -1).reshape(-1, 3)
-    sub = (vox_ijk[:, None, :] + offs[None]).reshape(-1, 3)
-    gs = map_coordinates(g, sub.T, order=1, mode="constant", cval=0.0) * (bmd.voxel_volume_mm3 / 8)
+    cells = np.argwhere(sup & (depth <= reach_mm + float(bmd.spacing.max()))).astype(float)
+    f, own = _boundary_faces(mesh.cells[:, :4])
+    fc = mesh.points[f].mean(axis=1)
+    face_r = float(np.linalg.norm(mesh.points[f] - fc[:, None], axis=2).max()) if len(f) else 0.0
+    tree = cKDTree(fc) if len(f) else None
+    fn = np.cross(mesh.points[f[:, 1]] - mesh.points[f[:, 0]], mesh.points[f[:, 2]] - mesh.points[f[:, 0]])
+    fn /= np.maximum(np.linalg.norm(fn, axis=1, keepdims=True), 1e-300)
+    size = 1.0  # sub-cell edge in voxels
+    leaves, leaf_size = [], []
+    while True:
+        o = np.array([-0.25, 0.25]) * size
+        offs = np.stack(np.meshgrid(o, o, o, indexing="ij"), -1).reshape(-1, 3)
+        cells = (cells[:, None, :] + offs[None]).reshape(-1, 3)
+        size *= 0.5
+        edge_mm = size * bmd.spacing
+        if tree is None or edge_mm.max() <= cell_mm:
+            leaves.append(cells), leaf_size.append(np.full(len(cells), size))
+            break
+        # Near: within half a cell diagonal of the plane of the nearest boundary face.
+        x = bmd.index_to_world(cells + lo)
+        half = 0.5 * float(np.linalg.norm(edge_mm))
+        d, k = tree.query(x)
+        plane = np.abs(np.einsum("ij,ij->i", x - fc[k], fn[k]))
+        near = (d < half + face_r) & (plane < half)
+        leaves.append(cells[~near]), leaf_size.append(np.full(int((~near).sum()), size))
+        cells = cells[near]
+    sub, size = np.concatenate(leaves), np.concatenate(leaf_size)
+    gs = map_coordinates(g, sub.T, order=1, mode="constant", cval=0.0) * size**3 * bmd.voxel_volume_mm3
     keep = gs != 0
     sub, gs = sub[keep], gs[keep]
     x = bmd.index_to_world(sub + lo)
     out_mesh = _outside_mesh(mesh, x)
     x, gs = x[out_mesh], gs[out_mesh]
-    f, own = _boundary_faces(mesh.cells[:, :4])
     bone_face = sel[own]
-    f, own = f[bone_face], own[bone_face]
     extra = np.zeros(mesh.n_elements)
     assigned = np.zeros(len(x), bool)
-    if len(f) and len(x):
-        d, near = cKDTree(mesh.points[f].mean(axis=1)).query(x)
+    if bone_face.any() and len(x):
+        d, near = cKDTree(fc[bone_face]).query(x)
         assigned = d <= reach_mm
-        extra = np.bincount(own[near[assigned]], weights=gs[assigned], minlength=mesh.n_elements)
+        extra = np.bincount(own[bone_face][near[assigned]], weights=gs[assigned],
+                            minlength=mesh.n_elements)
     if info is not None:
         info.update(mass_outside_assigned_mg=float(gs[assigned].sum() * 1e-3),
                     mass_outside_unassigned_mg=float(gs[~assigned].sum() * 1e-3))

@@ -47,61 +47,91 @@ def _label(points, cells, bone: BoneLevelSet, screws) -> np.ndarray:
 
 def _snap_candidates(f: np.ndarray, edges: np.ndarray, length: np.ndarray, alpha: float,
                      allowed: np.ndarray) -> np.ndarray:
-    """Nodes to snap: on each cut edge, the end closer (relative to the edge) to f = 0."""
+    """Nodes to snap: on each cut edge, the allowed end closer (relative to the edge) to f = 0.
+
+    An edge with one end not allowed offers its other end (up to ``alpha + 0.25``).
+    """
     fa, fb = f[edges[:, 0]], f[edges[:, 1]]
-    cut = (fa * fb < 0) & allowed[edges[:, 0]] & allowed[edges[:, 1]]
+    ea, eb = allowed[edges[:, 0]], allowed[edges[:, 1]]
+    cut = (fa * fb < 0) & (ea | eb)
     ra, rb = np.abs(fa[cut]) / length[cut], np.abs(fb[cut]) / length[cut]
+    ra, rb = np.where(ea[cut], ra, np.inf), np.where(eb[cut], rb, np.inf)
     node = np.where(ra <= rb, edges[cut, 0], edges[cut, 1])
-    return np.unique(node[np.minimum(ra, rb) < alpha])
+    r = np.minimum(ra, rb)
+    limit = np.where(ea[cut] & eb[cut], alpha, alpha + 0.25)
+    return np.unique(node[r < limit])
 
 
-def _snap(points, cells, bone, screws, alpha, quality_floor):
-    """Snap nodes onto the interfaces, undoing snaps that spoil kept elements."""
+def _propose(new, edges, length, bone, screws, alpha, movable):
+    """Target positions of the nodes to snap this round: (node ids, positions)."""
+    nodes_all, targets = [], []
+    free = movable.copy()
+    sd = np.full(len(new), np.inf)
+    for s in screws:
+        f = s.signed_distance(new)
+        sd = np.minimum(sd, f)
+        nodes = _snap_candidates(f, edges, length, alpha, free)
+        nodes_all.append(nodes)
+        targets.append(screw_closest_point(s, new[nodes]))
+        free[nodes] = False
+    # The bone surface matters only outside the screws.
+    nodes = _snap_candidates(bone(new), edges, length, alpha, free & (sd >= 0))
+    proj = bone.project(new[nodes])
+    ok = np.abs(bone(proj)) < 0.05 * length.min()
+    nodes_all.append(nodes[ok])
+    targets.append(proj[ok])
+    return np.concatenate(nodes_all), np.concatenate(targets)
+
+
+def _snap(points, cells, bone, screws, alpha, quality_floor, rounds: int = 3):
+    """Snap nodes onto the interfaces, undoing snaps that spoil kept elements.
+
+    Round 1 snaps the nearer end of each cut edge (within ``alpha``); a snap that leaves a
+    kept element inverted or below ``quality_floor`` is undone and that node is not moved
+    again. Later rounds offer the other end of the edges still cut, so an interface face
+    blocked by one bad snap can still land on the surface.
+    """
     keys = np.unique(edge_key(cells[:, _EDGES[:, 0]], cells[:, _EDGES[:, 1]]).ravel())
     edges = np.stack([keys >> np.int64(32), keys & np.int64(0xFFFFFFFF)], axis=1)
     length = np.linalg.norm(points[edges[:, 0]] - points[edges[:, 1]], axis=1)
     new = points.copy()
     snapped = np.zeros(len(points), bool)
-    free = np.ones(len(points), bool)
-    sd = np.full(len(points), np.inf)
-    for s in screws:
-        f = s.signed_distance(points)
-        sd = np.minimum(sd, f)
-        nodes = _snap_candidates(f, edges, length, alpha, free)
-        new[nodes] = screw_closest_point(s, points[nodes])
-        snapped[nodes] = True
-        free[nodes] = False
-    # The bone surface matters only outside the screws.
-    fb = bone(points)
-    nodes = _snap_candidates(fb, edges, length, alpha, free & (sd >= 0))
-    proj = bone.project(points[nodes])
-    ok = np.abs(bone(proj)) < 0.05 * length.min()
-    new[nodes[ok]] = proj[ok]
-    snapped[nodes[ok]] = True
-    # Only cells touching a snapped node can change shape or label; after the first pass
-    # only those touching a node just reverted.
-    disp = np.linalg.norm(new - points, axis=1)
+    banned = np.zeros(len(points), bool)
     lab = _label(points, cells, bone, screws)
     sign0 = np.sign(cell_volumes(points, cells))
-    todo = np.flatnonzero(snapped[cells].any(axis=1))
-    for _ in range(500):
-        c = cells[todo]
-        lab[todo] = _label(new, c, bone, screws)
-        bad = (lab[todo] > 0) & ((cell_volumes(new, c) * sign0[todo] <= 0)
-                                 | (radius_ratio(new, c) * sign0[todo] < quality_floor))
-        # Undo one snap per bad cell: the longest move, which usually flattened it.
-        cb = c[bad]
-        moved = np.where(snapped[cb], disp[cb], -1.0)
-        pick = cb[np.arange(len(cb)), np.argmax(moved, axis=1)]
-        bad_nodes = np.unique(pick[snapped[pick]])
-        if len(bad_nodes) == 0:
-            return new, lab, int(snapped.sum())
-        new[bad_nodes] = points[bad_nodes]
-        snapped[bad_nodes] = False
-        reverted = np.zeros(len(points), bool)
-        reverted[bad_nodes] = True
-        todo = np.flatnonzero(reverted[cells].any(axis=1))
-    raise MeshError("could not snap the mesh onto the interfaces without poor elements")
+    for rnd in range(rounds):
+        nodes, target = _propose(new, edges, length, bone, screws, alpha, ~snapped & ~banned)
+        if len(nodes) == 0:
+            break
+        new[nodes] = target
+        snapped[nodes] = True
+        # Only cells touching a node just moved can change shape or label.
+        flag = np.zeros(len(points), bool)
+        flag[nodes] = True
+        todo = np.flatnonzero(flag[cells].any(axis=1))
+        disp = np.linalg.norm(new - points, axis=1)
+        for _ in range(500):
+            c = cells[todo]
+            lab[todo] = _label(new, c, bone, screws)
+            bad = (lab[todo] > 0) & ((cell_volumes(new, c) * sign0[todo] <= 0)
+                                     | (radius_ratio(new, c) * sign0[todo] < quality_floor))
+            # Undo one snap per bad cell: the longest move, which usually flattened it.
+            cb = c[bad]
+            moved = np.where(snapped[cb], disp[cb], -1.0)
+            pick = cb[np.arange(len(cb)), np.argmax(moved, axis=1)]
+            bad_nodes = np.unique(pick[snapped[pick]])
+            if len(bad_nodes) == 0:
+                break
+            new[bad_nodes] = points[bad_nodes]
+            snapped[bad_nodes] = False
+            banned[bad_nodes] = True
+            disp[bad_nodes] = 0.0
+            reverted = np.zeros(len(points), bool)
+            reverted[bad_nodes] = True
+            todo = np.flatnonzero(reverted[cells].any(axis=1))
+        else:
+            raise MeshError("could not snap the mesh onto the interfaces without poor elements")
+    return new, lab, int(snapped.sum())
 
 
 def _largest_component(cells: np.ndarray, vol: np.ndarray) -> np.ndarray:
@@ -181,6 +211,7 @@ def mesh_vertebra(mask: Volume, screws: list[ScrewPlan] | None = None, size_mm: 
                         "vertebra gives a wrong model (pass allow_truncated=True to mesh it anyway)")
     sigma = 0.0 if not smooth else smooth_sigma_mm
     bone = bone_level_set(mask, sigma, pad_mm=2 * size_mm + 2)
+    t_levelset = time.perf_counter() - t0
     h = float(size_mm)
 
     # Bounding box of the bone (grid cells with phi < 0) and the screws.
@@ -215,10 +246,13 @@ def mesh_vertebra(mask: Volume, screws: list[ScrewPlan] | None = None, size_mm: 
             break
         refine(lat, marked)
         n_levels += 1
-    t_lattice = time.perf_counter() - t0
+    t_lattice = time.perf_counter() - t0 - t_levelset
 
     points, cells = lat.points, lat.cells
+    t1 = time.perf_counter()
     new, lab, n_snapped = _snap(points, cells, bone, screws, alpha, SNAP_QUALITY_FLOOR)
+    t_snap = time.perf_counter() - t1
+    t1 = time.perf_counter()
     kept = lab > 0
     cells, lab = cells[kept], lab[kept]
     vol = np.abs(cell_volumes(new, cells))
@@ -238,7 +272,8 @@ def mesh_vertebra(mask: Volume, screws: list[ScrewPlan] | None = None, size_mm: 
         "n_snapped_nodes": n_snapped, "n_fragment_elements_dropped": n_fragment,
         "bone_level_set": bone.info,
         "volume_per_region_mm3": {int(r): float(vols[lab == r].sum()) for r in np.unique(lab)},
-        "time_lattice_s": t_lattice, "time_total_s": time.perf_counter() - t0,
+        "time_level_set_s": t_levelset, "time_lattice_s": t_lattice, "time_snap_s": t_snap,
+        "time_label_s": time.perf_counter() - t1, "time_total_s": time.perf_counter() - t0,
     }
     if order == 2:
         mesh = to_quadratic(mesh)

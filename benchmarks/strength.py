@@ -1,0 +1,80 @@
+"""Cost of the nonlinear strength analyses relative to one linear solve, on the phantom L4.
+
+    python benchmarks/strength.py [--mesh-size 2.0] [--screw-mesh-size 1.0] [--order 1]
+
+Builds the phantom L4 (osteoporotic, density scale 0.65) with planned screws at the given
+mesh sizes, times one complete linear solve (pattern, assembly, solver set-up, solve) of each
+load case, then the whole secant strength analysis of each, and prints one table: linear
+solves used, wall time, ratio to one linear solve, strength and surrogate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+from fesim.analysis.loadcases import BodyFrame, compression_case, pullout_case
+from fesim.analysis.strength import run_strength
+from fesim.fem.assembly import Assembler
+from fesim.fem.model import Model, StaticProblem
+from fesim.imaging.phantom import PhantomSpec, make_phantom
+from fesim.imaging.planning import plan_screws
+from fesim.imaging.segmentation import subregions
+from fesim.mesh.materials import element_materials, map_bmd
+from fesim.mesh.mesher import mesh_vertebra
+from fesim.mesh.tetmesh import to_quadratic
+
+
+def build(mesh_size, screw_size, order):
+    ph = make_phantom(PhantomSpec(seed=0, density_scale=0.65))
+    mask = ph.labels.with_data((ph.labels.data == 1).astype(np.uint8))
+    regions = subregions(mask)
+    frame = regions.meta["frame"]
+    screws = plan_screws(mask, regions=regions)
+    mesh = mesh_vertebra(mask, screws, size_mm=mesh_size, screw_size_mm=screw_size)
+    if order == 2:
+        mesh = to_quadratic(mesh)
+    mat = element_materials(mesh, map_bmd(mesh, ph.bmd, mask), ash_method="identity")
+    bf = BodyFrame(frame["body_center"], frame["body_axis"],
+                   0.5 * min(frame["body_width_mm"], frame["body_depth_mm"]))
+    cases = [compression_case(mesh, bf)] + [pullout_case(mesh, s, i, bf) for i, s in enumerate(screws)]
+    return mesh, mat, cases
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mesh-size", type=float, default=2.0)
+    ap.add_argument("--screw-mesh-size", type=float, default=1.0)
+    ap.add_argument("--order", type=int, default=1, choices=[1, 2])
+    ap.add_argument("--solver", default="auto")
+    args = ap.parse_args(argv)
+    mesh, mat, cases = build(args.mesh_size, args.screw_mesh_size, args.order)
+    print(f"phantom L4, {mesh.n_elements} elements, {3 * mesh.n_nodes} unknowns, tet{4 if args.order == 1 else 10}, "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    head = f"{'case':<15}{'linear s':>10}{'nonlinear s':>13}{'ratio':>8}{'solves':>8}{'steps':>7}{'conv':>6}" \
+           f"{'strength N':>12}{'surrogate N':>13}"
+    print(head)
+    print("-" * len(head))
+    tot_lin = tot_nl = 0.0
+    for case in cases:
+        t = time.perf_counter()
+        m = Model(mesh, mat.E, mat.nu)
+        case.apply(m)
+        StaticProblem(m, solver=args.solver, rtol=1e-8).solve()
+        t_lin = time.perf_counter() - t
+        t = time.perf_counter()
+        r = run_strength(mesh, mat.E, mat.nu, case, solver=args.solver, assembler=Assembler(mesh.points, mesh.cells))
+        t_nl = time.perf_counter() - t
+        tot_lin, tot_nl = tot_lin + t_lin, tot_nl + t_nl
+        print(f"{case.name:<15}{t_lin:>10.2f}{t_nl:>13.2f}{t_nl / t_lin:>8.1f}{r.n_solves:>8}{r.n_steps:>7}"
+              f"{r.converged_steps:>6}{r.strength_N:>12.0f}{r.surrogate_strength_N:>13.0f}")
+    n_lin = tot_lin / len(cases)
+    print(f"all {len(cases)} analyses: {tot_nl:.1f} s = {tot_nl / n_lin:.1f} x one linear solve "
+          f"(compression + one pullout: {(tot_nl / len(cases) * 2) / n_lin:.1f} x, averaged)")
+
+
+if __name__ == "__main__":
+    main()
