@@ -96,15 +96,20 @@ WORKERS = {"tetgen": (_tetgen, "AGPL-3.0 (pip tetgen, pyvista wrapper)"),
 def worker(npz: str, out_dir: str, meshers: list[str]) -> None:
     d = np.load(npz)
     size = float(d["size"])
-    v, f = _surface(d["phi"], d["spacing"], d["origin"], d["direction"], size)
-    report = {"surface_vertices": len(v), "surface_triangles": len(f)}
+    report = {}
     for name in meshers:
-        fn, lic = WORKERS[name]
         try:
             __import__(name.split("-")[0])
         except ImportError:
-            report[name] = {"status": "not installed", "licence": lic}
-            continue
+            report[name] = {"status": "not installed", "licence": WORKERS[name][1]}
+    todo = [m for m in meshers if m not in report]
+    try:
+        v, f = _surface(d["phi"], d["spacing"], d["origin"], d["direction"], size) if todo else (None, None)
+    except ImportError:
+        report.update({m: {"status": "scikit-image not installed", "licence": WORKERS[m][1]} for m in todo})
+        todo = []
+    for name in todo:
+        fn, lic = WORKERS[name]
         t = time.perf_counter()
         try:
             pts, cells = fn(v, f, size)
@@ -169,7 +174,8 @@ def main(argv=None) -> list[dict]:
         print(f"no comparison environment at {args.python}: external meshers skipped "
               "(create a venv there with `pip install gmsh tetgen scikit-image`)")
     rows = []
-    print("| case | mesher | licence | time s | elements | radius ratio min / p1 / p50 | min dihedral | volume vs mask |")
+    print("| case | mesher | licence | time s | elements | radius ratio min / p1 / p50 "
+          "| min dihedral | volume vs mask |")
     print("|---|---|---|---|---|---|---|---|")
     for case, mask in _cases():
         mask_vol = float((mask.data > 0).sum() * mask.voxel_volume_mm3)

@@ -154,7 +154,14 @@ def segment(bmd: Volume, opts: RunOptions) -> Volume:
             values = parse_label_values(opts.label_values)
         else:
             values = resolve_level(opts.level, opts.convention, labels.meta.get("label_names"))
-        return seg.mask_from_labels(labels, values)
+        mask = seg.mask_from_labels(labels, values)
+        if mask.meta.get("truncated"):
+            from .errors import SegmentationError
+
+            faces = ", ".join(mask.meta.get("truncated_faces") or []) or "image border"
+            raise SegmentationError(f"vertebra {opts.label_values or opts.level} is truncated: it is cut by "
+                                    f"the image border ({faces}); a partial vertebra cannot be analysed")
+        return mask
     return seg.segment_vertebra(bmd)
 
 
@@ -234,6 +241,18 @@ def run_scan(scan, out_dir, **options) -> dict:
     dict
         The contents of ``result.json``.
     """
+    opts = RunOptions.from_dict(options)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = _run(scan, out_dir, opts)
+    result["warnings"] = sorted({str(w.message) for w in caught})
+    for w in caught:  # hand them on to the caller's handlers (the CLI prints one line each)
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    atomic_write_json(Path(out_dir) / "result.json", result)
+    return result
+
+
+def _run(scan, out_dir, opts: RunOptions) -> dict:
     from .analysis.loadcases import BodyFrame, compression_case, pullout_case
     from .analysis.strength import run_strength
     from .analysis.outputs import write_case_outputs
@@ -243,7 +262,6 @@ def run_scan(scan, out_dir, **options) -> dict:
     from .mesh.quality import quality_report
     from .mesh.tetmesh import to_quadratic
 
-    opts = RunOptions.from_dict(options)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     T = _Timer()
@@ -316,5 +334,4 @@ def run_scan(scan, out_dir, **options) -> dict:
                      for name, r in analyses.items()},
         "options": asdict(opts),
     }
-    atomic_write_json(out / "result.json", result)
     return result

@@ -60,7 +60,8 @@ def test_linear_field_element_averages():
     bmd = _grid(f)
     mask = bmd.with_data(np.ones(bmd.shape, np.uint8))
     # Trilinear interpolation of a linear field is exact; the element mean is f(centroid).
-    np.testing.assert_allclose(map_bmd(m, bmd, mask, n_quad=4, conserve_mass=False), f(m.centroids()), rtol=1e-9)
+    np.testing.assert_allclose(map_bmd(m, bmd, mask, n_quad=4, conserve_mass=False), f(m.centroids()),
+                               rtol=1e-9)
     interior = ~_has_boundary_face(m)
     np.testing.assert_allclose(map_bmd(m, bmd, mask, n_quad=4)[interior], f(m.centroids()[interior]),
                                rtol=1e-9)

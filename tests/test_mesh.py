@@ -73,7 +73,7 @@ def test_interface_shares_nodes(mesh1):
     assert len(faces) > area_approx / 0.7**2
     dev = np.abs(s.signed_distance(mesh1.points[faces])).max(axis=1)
     assert dev.max() < 1.0  # mm, at most about one fine element
-    assert (dev < 1e-9).mean() > 0.2  # a good share of faces lies exactly on it
+    assert (dev < 1e-9).mean() > 0.25  # a good share of faces lies exactly on it (0.31)
 
 
 def test_screw_volume(mesh1):

@@ -77,3 +77,24 @@ def test_vtu_opens_in_paraview(phantom_run, pvpython):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "OK" in proc.stdout
+
+
+@pytest.mark.slow
+def test_real_ct_l4_with_labels(real_data, tmp_path):
+    """Real CT (NIfTI) + TotalSegmentator labels, phantomless calibration: strengths in the
+    ranges the literature reports for elderly lumbar vertebrae (domain.md section 5)."""
+    res = run_scan(real_data / "example_ct.nii.gz", tmp_path, labels=str(real_data / "example_ct_labels.nii.gz"),
+                   level="L4", calibration="internal", **FAST)
+    assert res["calibration"]["method"] == "internal" and res["calibration"]["r2"] > 0.98
+    assert 200 < res["pullout_strength_N"] < 2500
+    assert 1000 < res["compression_strength_N"] < 8000
+    assert 50 < res["vbmd_trabecular_mg_cm3"] < 250
+
+
+def test_truncated_vertebra_refused(real_data, tmp_path):
+    """T12 is cut by the top of the image: refused with a clear error, not analysed."""
+    from fesim.errors import FesimError
+
+    with pytest.raises(FesimError, match="truncat"):
+        run_scan(real_data / "example_ct.nii.gz", tmp_path, labels=str(real_data / "example_ct_labels.nii.gz"),
+                 level="T12", calibration="internal", **FAST)
