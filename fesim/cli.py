@@ -54,6 +54,11 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--screw-direction", type=_vec3, help="user screw direction x,y,z (LPS, head to tip)")
     g.add_argument("--screw-roi-radius", dest="screw_roi_radius_mm", type=float,
                    help="radius of the BMD cylinder around the screw path, mm")
+    g = p.add_argument_group("end caps (compression)")
+    g.add_argument("--caps", default="none", choices=["none", "pmma"],
+                   help="PMMA layers generated on both endplates, as in embedded cadaver tests (default none)")
+    g.add_argument("--cap-thickness", dest="cap_thickness_mm", type=float, default=5.0, help="mm (default 5)")
+    g.add_argument("--cap-labels", help="label values of the label map used as caps, e.g. the discs")
     g = p.add_argument_group("mesh and model")
     g.add_argument("--mesh-size", dest="mesh_size_mm", type=float, default=2.0, help="bulk element size, mm (default 2)")
     g.add_argument("--screw-mesh-size", dest="screw_mesh_size_mm", type=float, default=1.0,
@@ -76,7 +81,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 def _run_options(args) -> dict:
     keys = ["labels", "level", "label_values", "convention", "series_uid", "calibration", "rod_densities",
             "rod_material", "screws", "trajectory", "screw_length_mm", "screw_diameter_mm", "screw_entry",
-            "screw_direction", "screw_roi_radius_mm", "mesh_size_mm", "screw_mesh_size_mm", "element_order",
+            "screw_direction", "screw_roi_radius_mm", "caps", "cap_thickness_mm", "cap_labels", "mesh_size_mm", "screw_mesh_size_mm", "element_order",
             "law", "ash_conversion", "strength", "solver", "write_vtk", "export"]
     return {k: getattr(args, k) for k in keys if hasattr(args, k)}
 

@@ -44,6 +44,9 @@ class RunOptions:
     screw_diameter_mm: float | None = None
     screw_entry: tuple | None = None        # user screw: entry (LPS mm) ...
     screw_direction: tuple | None = None    # ... and direction (LPS)
+    caps: str = "none"                      # none | pmma: end caps generated on the endplates
+    cap_thickness_mm: float = 5.0
+    cap_labels: str | None = None           # label values (e.g. discs) used as caps instead
     mesh_size_mm: float = 2.0
     screw_mesh_size_mm: float = 1.0
     element_order: int = 1
@@ -141,8 +144,11 @@ def calibrate(hu: Volume, opts: RunOptions):
     return c, c.apply(hu)
 
 
-def segment(bmd: Volume, opts: RunOptions) -> Volume:
-    """Vertebra mask from a label map (when given) or by thresholding the BMD image."""
+def segment(bmd: Volume, opts: RunOptions) -> tuple[Volume, Volume | None]:
+    """Vertebra mask from a label map (when given) or by thresholding the BMD image.
+
+    Returns the mask and the label map on the CT grid (None without one).
+    """
     from .imaging import segmentation as seg
 
     if opts.labels:
@@ -161,8 +167,25 @@ def segment(bmd: Volume, opts: RunOptions) -> Volume:
             faces = ", ".join(mask.meta.get("truncated_faces") or []) or "image border"
             raise SegmentationError(f"vertebra {opts.label_values or opts.level} is truncated: it is cut by "
                                     f"the image border ({faces}); a partial vertebra cannot be analysed")
-        return mask
-    return seg.segment_vertebra(bmd)
+        return mask, labels
+    return seg.segment_vertebra(bmd), None
+
+
+def end_caps(mask: Volume, labels: Volume | None, regions: Volume, frame: dict, opts: RunOptions):
+    """``(lower, upper)`` cap masks as the options ask, or None."""
+    from .imaging import caps
+
+    if opts.cap_labels:
+        if labels is None:
+            raise InputError("--cap-labels needs a label map (--labels)")
+        from .imaging.labels import parse_label_values
+
+        return caps.caps_from_labels(labels, parse_label_values(opts.cap_labels), mask, frame)
+    if opts.caps == "pmma":
+        return caps.generated_caps(mask, np.isin(regions.data, (1, 2)), frame, opts.cap_thickness_mm)
+    if opts.caps != "none":
+        raise InputError(f"--caps must be none or pmma, not {opts.caps!r}")
+    return None
 
 
 def plan(mask: Volume, regions: Volume, opts: RunOptions) -> list[ScrewPlan]:
@@ -270,15 +293,24 @@ def _run(scan, out_dir, opts: RunOptions) -> dict:
     with T("calibrate"):
         calib, bmd = calibrate(hu, opts)
     with T("segment"):
-        mask = segment(bmd, opts)
+        mask, labels = segment(bmd, opts)
         regions = subregions(mask)
         frame = regions.meta["frame"]
+        cap_masks = end_caps(mask, labels, regions, frame, opts)
     with T("plan"):
         screws = plan(mask, regions, opts)
     with T("bmd"):
         measures = bmd_measures(bmd, mask, regions, frame, screws, opts)
     with T("mesh"):
-        mesh = mesh_vertebra(mask, screws, size_mm=opts.mesh_size_mm, screw_size_mm=opts.screw_mesh_size_mm)
+        body = mask
+        if cap_masks is not None:  # vertebra and caps meshed as one body, caps labelled after
+            body = mask.with_data(((mask.data > 0) | (cap_masks[0].data > 0) | (cap_masks[1].data > 0))
+                                  .astype(np.uint8))
+        mesh = mesh_vertebra(body, screws, size_mm=opts.mesh_size_mm, screw_size_mm=opts.screw_mesh_size_mm)
+        if cap_masks is not None:
+            from .mesh.caps import assign_cap_regions
+
+            mesh = assign_cap_regions(mesh, *cap_masks)
         if opts.element_order == 2:
             mesh = to_quadratic(mesh)
         quality = quality_report(mesh)
@@ -296,7 +328,8 @@ def _run(scan, out_dir, opts: RunOptions) -> dict:
     analyses = {}
     for case in cases:
         with T(case.name):
-            res = run_strength(mesh, mat.E, mat.nu, case, solver=opts.solver, max_steps=opts.max_steps,
+            steps = opts.max_steps if opts.strength == "nonlinear" else 0  # surrogate: one linear solve
+            res = run_strength(mesh, mat.E, mat.nu, case, solver=opts.solver, max_steps=steps,
                                snapshot_every=3 if opts.write_vtk else 0, assembler=assembler)
         analyses[case.name] = res
         with T("write"):

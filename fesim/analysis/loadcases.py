@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..imaging.screwplan import ScrewPlan
-from ..mesh.tetmesh import TetMesh
+from ..mesh.tetmesh import REGION_CAP_LOWER, TetMesh
 
 
 @dataclass
@@ -66,12 +66,12 @@ class BodyFrame:
 
 
 def endplate_nodes(mesh: TetMesh, frame: BodyFrame, slab_mm: float | None = None):
-    """Bone nodes in slabs at the lower and upper end of the body (within ``frame.radius_mm``).
+    """Bone (or end-cap) nodes in slabs at the lower and upper end of the body (within ``frame.radius_mm``).
 
     ``slab_mm`` defaults to the mean bone edge length (one element layer).
     Returns ``(lower, upper)`` node id arrays.
     """
-    bone_nodes = mesh.nodes_of(mesh.is_bone())
+    bone_nodes = mesh.nodes_of(mesh.is_bone() | (mesh.region >= REGION_CAP_LOWER))  # caps are loaded when present
     p = mesh.points[bone_nodes] - frame.center
     s = p @ frame.axis
     radial = np.linalg.norm(p - s[:, None] * frame.axis, axis=1)
