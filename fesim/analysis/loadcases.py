@@ -65,26 +65,43 @@ class BodyFrame:
         self.axis = a / np.linalg.norm(a)
 
 
-def endplate_nodes(mesh: TetMesh, frame: BodyFrame, slab_mm: float | None = None):
-    """Bone (or end-cap) nodes in slabs at the lower and upper end of the body (within ``frame.radius_mm``).
+def boundary_faces(mesh: TetMesh) -> tuple[np.ndarray, np.ndarray]:
+    """Boundary triangles of the whole mesh: corner node ids (F, 3) and owning element (F,)."""
+    c = mesh.cells[:, :4].astype(np.int64)
+    local = np.array([[1, 2, 3], [0, 3, 2], [0, 1, 3], [0, 2, 1]])
+    faces = c[:, local].reshape(-1, 3)
+    key = np.sort(faces, axis=1)
+    _, inv, counts = np.unique(key, axis=0, return_inverse=True, return_counts=True)
+    once = counts[inv.ravel()] == 1
+    owner = np.repeat(np.arange(mesh.n_elements), 4)
+    return faces[once], owner[once]
 
-    ``slab_mm`` defaults to the mean bone edge length (one element layer).
+
+def endplate_nodes(mesh: TetMesh, frame: BodyFrame, min_cos: float = 0.7):
+    """Nodes of the outer surface facing along the body axis: the lower and upper endplates.
+
+    Boundary faces of bone (or end-cap) elements whose outward normal is within ~45 degrees
+    (``min_cos``) of the body axis (upper) or its opposite (lower), on the corresponding side
+    of the body centre and within ``frame.radius_mm`` of the axis. A surface criterion, not a
+    slab of given depth, so the supported region does not change with element size.
     Returns ``(lower, upper)`` node id arrays.
     """
-    bone_nodes = mesh.nodes_of(mesh.is_bone() | (mesh.region >= REGION_CAP_LOWER))  # caps are loaded when present
-    p = mesh.points[bone_nodes] - frame.center
-    s = p @ frame.axis
-    radial = np.linalg.norm(p - s[:, None] * frame.axis, axis=1)
-    in_body = radial <= frame.radius_mm
-    if in_body.sum() < 10:
-        raise ModelError("no bone found within the vertebral-body radius around the body axis")
-    if slab_mm is None:
-        c = mesh.cells[mesh.is_bone()][:, :4]
-        e = np.linalg.norm(mesh.points[c[:, 1]] - mesh.points[c[:, 0]], axis=1)
-        slab_mm = float(np.mean(e))
-    smax, smin = s[in_body].max(), s[in_body].min()
-    upper = bone_nodes[in_body & (s >= smax - slab_mm)]
-    lower = bone_nodes[in_body & (s <= smin + slab_mm)]
+    faces, owner = boundary_faces(mesh)
+    keep = mesh.is_bone()[owner] | (mesh.region[owner] >= REGION_CAP_LOWER)
+    faces = faces[keep]
+    p = mesh.points
+    a, b, c = p[faces[:, 0]], p[faces[:, 1]], p[faces[:, 2]]
+    n = np.cross(b - a, c - a)  # outward for the local face orders above
+    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    rel = (a + b + c) / 3.0 - frame.center
+    s = rel @ frame.axis
+    radial = np.linalg.norm(rel - s[:, None] * frame.axis, axis=1)
+    cosn = n @ frame.axis
+    inside = radial <= frame.radius_mm
+    upper = np.unique(faces[inside & (s > 0) & (cosn >= min_cos)])
+    lower = np.unique(faces[inside & (s < 0) & (cosn <= -min_cos)])
+    if lower.size < 3 or upper.size < 3:
+        raise ModelError("endplates not found: no bone surface faces the body axis within the body radius")
     return lower, upper
 
 
