@@ -7,18 +7,16 @@ computed here from the image, never assumed.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field, asdict, fields
+from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
-from .errors import InputError, ScrewPlanError
+from .errors import InputError
+from .io.atomic import atomic_write_json
 from .imaging.volume import Volume
 from .imaging.screwplan import ScrewPlan
 
@@ -67,26 +65,6 @@ class RunOptions:
         if unknown:
             raise InputError(f"unknown option(s): {', '.join(sorted(unknown))}")
         return cls(**d)
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    """Write JSON to ``path`` atomically (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, default=_json_default)
-    os.replace(tmp, path)
-
-
-def _json_default(o):
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
 class _Timer:

@@ -106,7 +106,7 @@ def endplate_nodes(mesh: TetMesh, frame: BodyFrame, min_cos: float = 0.7):
 
 
 def screw_head_nodes(mesh: TetMesh, screw: ScrewPlan, s: int, head_mm: float | None = None) -> np.ndarray:
-    """Nodes of screw ``s`` within ``head_mm`` of its entry (head) end.
+    """Nodes of screw ``s`` (not shared with bone) within ``head_mm`` of its head end.
 
     ``head_mm`` defaults to 1.5 mean edge lengths of the screw's elements (at least 1 mm), so
     that the gripped slab holds a full layer of nodes whatever the mesh size.
@@ -119,8 +119,12 @@ def screw_head_nodes(mesh: TetMesh, screw: ScrewPlan, s: int, head_mm: float | N
         c = mesh.cells[sel][:, :4]
         edge = np.linalg.norm(mesh.points[c[:, 1]] - mesh.points[c[:, 0]], axis=1).mean()
         head_mm = max(1.0, 1.5 * float(edge))
+    # Grip screw material only: nodes shared with bone (the bonded interface) are left free,
+    # otherwise the grip would displace the bone around the entry directly, by an amount that
+    # grows with element size.
+    nodes = np.setdiff1d(nodes, mesh.nodes_of(~mesh.is_screw()))
     t = (mesh.points[nodes] - screw.entry) @ screw.direction
-    head = nodes[t <= t.min() + head_mm]
+    head = nodes[t <= t.min() + head_mm] if nodes.size else nodes
     if head.size < 3:
         raise ModelError(f"screw {s} head has too few nodes ({head.size}) to be gripped")
     return head

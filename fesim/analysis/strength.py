@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, asdict
 import numpy as np
 
 from ..fem.model import Model, StaticProblem
-from ..fem.post import element_fields, principal_strains
+from ..fem.post import element_fields
 from ..fem import elements
 from ..mesh.tetmesh import TetMesh
 from .loadcases import LoadCase

@@ -124,7 +124,6 @@ def element_materials(mesh: TetMesh, bmd_elem: np.ndarray, law: str = "keyak", n
         raise MeshError(f"bmd_elem has shape {bmd_elem.shape}, expected ({mesh.n_elements},)")
     if not np.all(np.isfinite(bmd_elem)):
         raise MeshError("element BMD contains NaN or infinite values")
-    m = mesh.n_elements
     bone = mesh.region == REGION_BONE
     ash = np.where(bone, qct_to_ash(bmd_elem, method=ash_method), 0.0)
     E, sy = apply_law(law, bmd_elem, ash_method)

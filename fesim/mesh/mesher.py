@@ -31,6 +31,7 @@ from fesim.imaging.volume import Volume
 from fesim.mesh.levelset import BoneLevelSet, bone_level_set, screw_closest_point
 from fesim.mesh.quality import radius_ratio
 from fesim.mesh.refine import _EDGES, cell_volumes, edge_key, kuhn_lattice, positive_cells, refine
+from fesim.mesh.tetmesh import to_quadratic  # noqa: F401  (re-exported)
 from fesim.mesh.tetmesh import REGION_BONE, REGION_SCREW0, TetMesh
 
 #: Radius-ratio floor enforced when snapping nodes onto interfaces.
@@ -281,18 +282,3 @@ def mesh_vertebra(mask: Volume, screws: list[ScrewPlan] | None = None, size_mm: 
     return mesh
 
 
-def to_quadratic(mesh: TetMesh) -> TetMesh:
-    """10-node tetrahedra with straight edges: a shared mid-edge node on every edge.
-
-    Node order per element: corners, then edges (0,1), (1,2), (0,2), (0,3), (1,3), (2,3).
-    """
-    if mesh.order == 2:
-        return mesh
-    c = mesh.cells.astype(np.int64)
-    keys = edge_key(c[:, _EDGES[:, 0]], c[:, _EDGES[:, 1]])
-    uniq, inv = np.unique(keys.ravel(), return_inverse=True)
-    a, b = uniq >> np.int64(32), uniq & np.int64(0xFFFFFFFF)
-    mids = 0.5 * (mesh.points[a] + mesh.points[b])
-    points = np.vstack([mesh.points, mids])
-    cells = np.hstack([c, mesh.n_nodes + inv.reshape(-1, 6)])
-    return TetMesh(points, cells, mesh.region.copy(), dict(mesh.info))

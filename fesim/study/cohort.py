@@ -20,13 +20,13 @@ import logging
 import math
 import os
 import re
-import tempfile
 import traceback
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fesim.errors import InputError
+from fesim.io.atomic import atomic_write_json, atomic_write_text, json_default as _json_default  # noqa: F401
 
 log = logging.getLogger("fesim.study")
 
@@ -153,34 +153,6 @@ def load_manifest(path) -> list[dict]:
             r["dxa_abmd_g_cm2"] = None
     normalise_scans(rows)
     return rows
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _json_default(o):
-    if hasattr(o, "tolist"):  # numpy scalars and arrays
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def atomic_write_json(path, obj) -> None:
-    """Write ``obj`` as JSON to ``path`` via a temporary file and ``os.replace``."""
-    atomic_write_text(Path(path), json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
 def read_valid_result(path) -> dict | None:
