@@ -29,7 +29,6 @@ class SparsityPattern:
     indptr: np.ndarray  # (n_nodes + 1,) int64
     indices: np.ndarray  # (nnzb,) int32 block columns
     block_of: np.ndarray  # (M, n, n) int64: block index of element pair (a, b)
-    transpose_of: np.ndarray  # (nnzb,) int64: index of block (B, A) for block (A, B)
 
     @property
     def nnz_blocks(self) -> int:
@@ -61,9 +60,7 @@ class SparsityPattern:
         indptr = np.zeros(n_nodes + 1, dtype=np.int64)
         np.cumsum(np.bincount(r[new], minlength=n_nodes), out=indptr[1:])
         indices = c[new].astype(np.int32)
-        rb, cb = r[new], c[new]  # block rows/cols in CSR (row-major, sorted) order
-        transpose_of = np.searchsorted(rb * n_nodes + cb, cb * n_nodes + rb)
-        return cls(n_nodes, indptr, indices, block_of.reshape(M, n, n), transpose_of)
+        return cls(n_nodes, indptr, indices, block_of.reshape(M, n, n))
 
 
 def assemble_blocks(pattern: SparsityPattern, Ke: np.ndarray, scale=None, sl=slice(None),
@@ -83,18 +80,6 @@ def assemble_blocks(pattern: SparsityPattern, Ke: np.ndarray, scale=None, sl=sli
     for c in range(9):
         o[:, c] += np.bincount(idx, weights=flat[c], minlength=pattern.nnz_blocks)
     return out
-
-
-def _mirror_blocks(data: np.ndarray, transpose_of: np.ndarray, chunk: int = 2_000_000) -> None:
-    """In place, for every off-diagonal block pair P, P' = (A, B), (B, A):
-    ``data[P], data[P'] = data[P] + data[P']^T, data[P'] + data[P]^T`` (chunked: no full copy)."""
-    first = np.nonzero(np.arange(transpose_of.size) < transpose_of)[0]
-    for start in range(0, first.size, chunk):
-        P = first[start:start + chunk]
-        Q = transpose_of[P]
-        a, b = data[P], data[Q]
-        data[P] = a + b.transpose(0, 2, 1)
-        data[Q] = b + a.transpose(0, 2, 1)
 
 
 class Assembler:
@@ -147,10 +132,6 @@ class Assembler:
         nu = np.broadcast_to(np.asarray(nu, dtype=float), (M,))
         lam, mu = elements.lame(E, nu)
         nb = self.pattern.nnz_blocks
-        # K is symmetric: scatter only local pairs a <= b; the blocks of pairs a < b are
-        # mirrored (transposed into block (B, A)) once at the end, which halves the scatter.
-        au, bu = np.triu_indices(n, 1)
-        diag = np.arange(n)
         data = np.zeros((nb, 3, 3))
         want_cache = self._Y is None and 6 * M * n * n * 8 <= self.cache_limit
         cached = []
@@ -158,23 +139,18 @@ class Assembler:
             Y = self._Y[:, sl] if self._Y is not None else self._geometry(sl)
             if want_cache:
                 cached.append(Y)
-            blk = self.pattern.block_of[sl]
-            idx_u, idx_d = blk[:, au, bu].ravel(), blk[:, diag, diag].ravel()
+            idx = self.pattern.block_of[sl].ravel()
             lm, mm = lam[sl, None, None], mu[sl, None, None]
             trace = mm * (Y[0] + Y[1] + Y[2])
             for p, (i, j) in enumerate(self._PAIRS):
                 Yt = Y[p].transpose(0, 2, 1)
                 kij = lm * Y[p] + mm * Yt
-                comps = [(i, j, kij)]
                 if i == j:
                     kij += trace
                 else:
-                    comps.append((j, i, lm * Yt + mm * Y[p]))
-                for a, b, k in comps:
-                    # pairs a < b only reach off-diagonal global blocks, a == b only diagonal ones
-                    data[:, a, b] += np.bincount(idx_u, weights=k[:, au, bu].ravel(), minlength=nb)
-                    data[:, a, b] += np.bincount(idx_d, weights=k[:, diag, diag].ravel(), minlength=nb)
-        _mirror_blocks(data, self.pattern.transpose_of)
+                    kji = lm * Yt + mm * Y[p]
+                    data[:, j, i] += np.bincount(idx, weights=kji.ravel(), minlength=nb)
+                data[:, i, j] += np.bincount(idx, weights=kij.ravel(), minlength=nb)
         if want_cache:
             self._Y = np.concatenate(cached, axis=1)
         p = self.pattern
