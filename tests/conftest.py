@@ -35,9 +35,25 @@ def pvpython():
     return require_tool("pvpython")
 
 
-@pytest.fixture
-def real_data() -> Path:
+def real_data_dir() -> Path:
+    """The TotalSegmentator example folder of ../shared/data; skip (with the reason) when absent."""
     d = shared_data_dir() / "totalsegmentator"
-    if not d.is_dir():
+    if not (d / "example_ct_labels.nii.gz").is_file():
         pytest.skip(f"real CT data not found at {d} (set FESIM_TEST_DATA or place ../shared/data)")
     return d
+
+
+def pv_check_script() -> Path:
+    """../shared/tools/pv_check.py; skip when absent, fail in CI (FESIM_REQUIRE_TOOLS=1)."""
+    script = ROOT.parent / "shared" / "tools" / "pv_check.py"
+    if not script.is_file():
+        msg = f"{script} not found"
+        if os.environ.get("FESIM_REQUIRE_TOOLS") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return script
+
+
+@pytest.fixture
+def real_data() -> Path:
+    return real_data_dir()

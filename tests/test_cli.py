@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from fesim.cli import build_parser, main
+from fesim.cli import main
 
 COMMANDS = ["phantom", "inspect", "run", "cohort", "demo"]
 

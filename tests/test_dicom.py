@@ -1,6 +1,5 @@
 """Tests of DICOM reading/writing (fesim/imaging/dicom.py) on phantom and real series."""
 
-import os
 import shutil
 from pathlib import Path
 
@@ -16,9 +15,7 @@ from fesim.imaging.volume import Volume
 FAKE_IDS = ("SYNTH^JANE", "SYN-7", "19480312")
 
 
-def _data_root() -> Path:
-    env = os.environ.get("FESIM_TEST_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import real_data_dir  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -319,9 +316,7 @@ def test_corrupt_jpeg2000(phantom, tmp_path):
 
 
 def test_real_compressed_series():
-    folder = _data_root() / "totalsegmentator" / "example_ct_dicom"
-    if not folder.is_dir():
-        pytest.skip(f"real DICOM example not found at {folder}")
+    folder = real_data_dir() / "example_ct_dicom"
     vol = read_dicom_series(folder)
     assert vol.shape == (512, 512, 20)
     assert np.allclose(vol.spacing, [0.9765625, 0.9765625, 2.0])  # not SliceThickness (3 mm)

@@ -7,7 +7,7 @@ from fesim.errors import ModelError, SolverError
 from fesim.fem.model import Model, StaticProblem, solve_static
 from fesim.fem.post import element_fields
 from fesim.fem import elements
-from fesim.mesh.tetmesh import TetMesh, REGION_BONE
+from fesim.mesh.tetmesh import TetMesh
 from fesim.mesh.tetmesh import box_mesh, to_quadratic
 
 
@@ -34,7 +34,6 @@ def test_patch_test_linear_field_reproduced(order):
     model = Model(mesh, E=1000.0, nu=0.3)
     for comp in range(3):
         model.fix(np.nonzero(on_bnd)[0], components=(comp,), value=0.0)
-    b = np.nonzero(on_bnd)[0]
     model.bc_values = exact[model.bc_dofs // 3, model.bc_dofs % 3]
     sol = solve_static(model, solver="direct")
     assert np.abs(sol.u - exact).max() < 1e-12 * 1e3

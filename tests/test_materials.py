@@ -113,17 +113,13 @@ def test_mineral_mass_conserved_on_phantom():
 
 @pytest.mark.realdata
 def test_mineral_mass_conserved_on_real_l4():
-    import os
-    from pathlib import Path
     from fesim.imaging.calibration import no_calibration
     from fesim.imaging.nifti import read_nifti
     from fesim.imaging.segmentation import mask_from_labels
-    env = os.environ.get("FESIM_TEST_DATA")
-    root = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-    ct_path = root / "totalsegmentator" / "example_ct.nii.gz"
-    lab_path = root / "totalsegmentator" / "example_ct_labels.nii.gz"
-    if not (ct_path.is_file() and lab_path.is_file()):
-        pytest.skip(f"real CT test data not found under {root}")
+    from conftest import real_data_dir
+
+    ct_path = real_data_dir() / "example_ct.nii.gz"
+    lab_path = real_data_dir() / "example_ct_labels.nii.gz"
     bmd = no_calibration().apply(read_nifti(ct_path, kind="ct"))
     mask = mask_from_labels(read_nifti(lab_path, kind="labels"), [28])  # L4
     err, _ = _mass_balance(mesh_vertebra(mask, [], size_mm=2.0), bmd, mask)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,16 +164,12 @@ def test_quality_measures_and_check():
     assert rep["count_per_region"] == {1: 1}
 
 
-def _data_dir() -> Path:
-    env = os.environ.get("FESIM_TEST_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import real_data_dir  # noqa: E402
 
 
 @pytest.mark.realdata
 def test_real_ct_lumbar_volumes():
-    labels = _data_dir() / "totalsegmentator" / "example_ct_labels.nii.gz"
-    if not labels.is_file():
-        pytest.skip(f"real CT test data not found at {labels}")
+    labels = real_data_dir() / "example_ct_labels.nii.gz"
     try:
         from fesim.imaging.nifti import read_nifti
         lab = read_nifti(labels, kind="labels")
@@ -206,9 +200,7 @@ def test_truncated_mask_refused(body):
 
 @pytest.mark.realdata
 def test_real_t12_truncated_refused():
-    labels = _data_dir() / "totalsegmentator" / "example_ct_labels.nii.gz"
-    if not labels.is_file():
-        pytest.skip(f"real CT test data not found at {labels}")
+    labels = real_data_dir() / "example_ct_labels.nii.gz"
     from fesim.imaging.nifti import read_nifti
     from fesim.imaging.segmentation import mask_from_labels
     t12 = mask_from_labels(read_nifti(labels, kind="labels"), [32])

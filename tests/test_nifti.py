@@ -1,8 +1,6 @@
 """NIfTI reading/writing, RAS<->LPS, label tables and label conventions."""
 
-import os
 import warnings
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -14,13 +12,7 @@ from fesim.imaging.nifti import check_same_grid, read_nifti, write_nifti
 from fesim.imaging.volume import Volume
 
 
-def _data_dir() -> Path:
-    env = os.environ.get("FESIM_TEST_DATA")
-    d = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-    d = d / "totalsegmentator"
-    if not (d / "example_ct_labels.nii.gz").is_file():
-        pytest.skip(f"real CT test data not found at {d}")
-    return d
+from conftest import real_data_dir as _data_dir  # noqa: E402
 
 
 def test_ras_file_reads_as_lps(tmp_path):

@@ -3,13 +3,14 @@
 import json
 import math
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fesim.imaging.phantom import PhantomSpec, make_phantom, write_phantom
 from fesim.pipeline import run_scan
+
+from conftest import pv_check_script, real_data_dir
 
 CONTRACT = ["pullout_strength_N", "pullout_stiffness_N_per_mm", "compression_strength_N",
             "compression_stiffness_N_per_mm", "vbmd_screw_mg_cm3", "vbmd_trabecular_mg_cm3", "abmd_g_cm2",
@@ -69,9 +70,7 @@ def test_vtu_and_curves_written(phantom_run):
 
 def test_vtu_opens_in_paraview(phantom_run, pvpython):
     root, _, _ = phantom_run
-    script = Path(__file__).resolve().parents[2] / "shared" / "tools" / "pv_check.py"
-    if not script.exists():
-        pytest.skip(f"{script} not found")
+    script = pv_check_script()
     arrays = ["region", "bmd_mg_cm3", "E_MPa", "von_mises_MPa", "sed_MPa", "displacement_mm"]
     proc = subprocess.run([pvpython, str(script), str(root / "out" / "compression.vtu"), *arrays],
                           capture_output=True, text=True, timeout=300)
@@ -81,12 +80,7 @@ def test_vtu_opens_in_paraview(phantom_run, pvpython):
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
-    d = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalsegmentator"
-    import os
-    if os.environ.get("FESIM_TEST_DATA"):
-        d = Path(os.environ["FESIM_TEST_DATA"]) / "totalsegmentator"
-    if not d.is_dir():
-        pytest.skip(f"real CT data not found at {d}")
+    d = real_data_dir()
     out = tmp_path_factory.mktemp("real")
     return run_scan(d / "example_ct.nii.gz", out, labels=str(d / "example_ct_labels.nii.gz"),
                     level="L4", calibration="internal", **FAST)

@@ -1,8 +1,6 @@
 """Pedicle-screw planning and screw checks on the phantom and the real L4."""
 
-import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,10 +72,9 @@ def test_bad_requests(l4):
 
 
 def test_plans_on_real_l4_stay_in_bone():
-    env = os.environ.get("FESIM_TEST_DATA")
-    d = (Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data") / "totalsegmentator"
-    if not (d / "example_ct_labels.nii.gz").is_file():
-        pytest.skip(f"real CT test data not found at {d}")
+    from conftest import real_data_dir
+
+    d = real_data_dir()
     lab = read_nifti(d / "example_ct_labels.nii.gz", kind="labels")
     mask = mask_from_labels(lab, {28})
     reg = subregions(mask)

@@ -1,7 +1,5 @@
 """Vertebra masks from labels and from thresholded QCT, sub-regions and frame (phantom + real CT)."""
 
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,13 +24,7 @@ def rotated():
     return make_phantom(PhantomSpec(neighbours=True, direction=rot))
 
 
-def _data_dir() -> Path:
-    env = os.environ.get("FESIM_TEST_DATA")
-    d = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-    d = d / "totalsegmentator"
-    if not (d / "example_ct_labels.nii.gz").is_file():
-        pytest.skip(f"real CT test data not found at {d}")
-    return d
+from conftest import real_data_dir as _data_dir  # noqa: E402
 
 
 def test_mask_from_labels_components_and_truncation():
