@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import MeshError
 
-_EDGES = np.array([[0, 1], [1, 2], [2, 0], [0, 3], [1, 3], [2, 3]])
+EDGES = np.array([[0, 1], [1, 2], [2, 0], [0, 3], [1, 3], [2, 3]])
 
 # 4-point degree-2 rule on the reference tetrahedron (volume 1/6).
 _A, _B = 0.5854101966249685, 0.1381966011250105
@@ -37,7 +37,7 @@ def shape_values(n_nodes: int, xi) -> np.ndarray:
     if n_nodes == 4:
         return L
     corner = L * (2.0 * L - 1.0)
-    edge = 4.0 * L[:, _EDGES[:, 0]] * L[:, _EDGES[:, 1]]
+    edge = 4.0 * L[:, EDGES[:, 0]] * L[:, EDGES[:, 1]]
     return np.hstack([corner, edge])
 
 
@@ -50,7 +50,7 @@ def shape_ref_gradients(n_nodes: int, xi) -> np.ndarray:
         return np.broadcast_to(dL, (Q, 4, 3)).copy()
     dN = np.empty((Q, 10, 3))
     dN[:, :4, :] = (4.0 * L - 1.0)[:, :, None] * dL[None]
-    a, b = _EDGES[:, 0], _EDGES[:, 1]
+    a, b = EDGES[:, 0], EDGES[:, 1]
     dN[:, 4:, :] = 4.0 * (L[:, a, None] * dL[None, b] + L[:, b, None] * dL[None, a])
     return dN
 

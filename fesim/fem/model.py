@@ -16,7 +16,7 @@ import scipy.sparse as sp
 
 from ..errors import ModelError
 from ..mesh.tetmesh import TetMesh
-from .assembly import Assembler
+from .assembly import Assembler, partition
 from .solvers import LinearSolver, SolveInfo, make_solver
 
 
@@ -194,18 +194,21 @@ class StaticProblem:
     def _full_assembly(self, E):
         m = self.model
         K = self.assembler.assemble(E, m.nu).tocsr()
-        n = m.n_dofs
-        fmap = np.full(n, -1, dtype=np.int64)
-        fmap[self.free] = np.arange(self.free.size)
-        cmap = np.full(n, -1, dtype=np.int64)
-        cmap[m.bc_dofs] = np.arange(m.bc_dofs.size)
-        allmap = np.arange(n, dtype=np.int64)
-        Kf = K[self.free]
-        self.K_ff = Kf[:, self.free].tocsr()
-        self.K_fc = Kf[:, m.bc_dofs].tocsr()
-        self.K_c = K[m.bc_dofs].tocsr()  # constrained rows: reactions
-        self._upd = [_SubmatrixUpdater(self.K_ff, fmap, fmap), _SubmatrixUpdater(self.K_fc, fmap, cmap),
-                     _SubmatrixUpdater(self.K_c, cmap, allmap)]
+        self.K_ff, self.K_fc, self.K_c = partition(K, self.free, m.bc_dofs)
+        self._upd = None  # in-place updaters, built on the first incremental update
+
+    def _updaters(self):
+        if self._upd is None:
+            m = self.model
+            n = m.n_dofs
+            fmap = np.full(n, -1, dtype=np.int64)
+            fmap[self.free] = np.arange(self.free.size)
+            cmap = np.full(n, -1, dtype=np.int64)
+            cmap[m.bc_dofs] = np.arange(m.bc_dofs.size)
+            allmap = np.arange(n, dtype=np.int64)
+            self._upd = [_SubmatrixUpdater(self.K_ff, fmap, fmap), _SubmatrixUpdater(self.K_fc, fmap, cmap),
+                         _SubmatrixUpdater(self.K_c, cmap, allmap)]
+        return self._upd
 
     def set_moduli(self, E) -> None:
         """(Re)assemble with per-element moduli ``E`` (MPa); reuses pattern and preconditioner."""
@@ -220,7 +223,7 @@ class StaticProblem:
                 Ke = self.assembler.element_matrices(changed, E[changed] - self._E[changed], m.nu[changed])
                 c = m.mesh.cells[changed].astype(np.int64)
                 dofs = (3 * c[:, :, None] + np.arange(3)).reshape(len(changed), -1)
-                for u in self._upd:
+                for u in self._updaters():
                     u.add(dofs, Ke)
         self._E = E.copy()
         m.E = self._E.copy()

@@ -1,0 +1,74 @@
+"""Global assembly: barycentric (affine) fast path against quadrature, and the split of K."""
+
+import numpy as np
+import pytest
+
+from fesim.fem import elements
+from fesim.fem.assembly import Assembler, is_affine, partition
+from fesim.mesh.tetmesh import TetMesh, box_mesh, to_quadratic
+
+
+def _distorted(order, seed=0):
+    """A box mesh with randomly moved corner nodes (still straight-sided, positive volumes)."""
+    m = box_mesh((3, 3, 2), (3.0, 3.0, 2.0))
+    rng = np.random.default_rng(seed)
+    pts = m.points + rng.uniform(-0.2, 0.2, m.points.shape)
+    m = TetMesh(pts, m.cells, m.region)
+    return to_quadratic(m) if order == 2 else m
+
+
+def _reference_K(mesh, E, nu):
+    """Dense K from element matrices of the quadrature path (independent of the fast path)."""
+    Ke = elements.element_stiffness(mesh.points, mesh.cells, E, nu)
+    n = 3 * mesh.n_nodes
+    K = np.zeros((n, n))
+    dofs = (3 * mesh.cells[:, :, None] + np.arange(3)).reshape(mesh.n_elements, -1)
+    for e in range(mesh.n_elements):
+        K[np.ix_(dofs[e], dofs[e])] += Ke[e]
+    return K
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_affine_path_matches_quadrature(order):
+    mesh = _distorted(order)
+    rng = np.random.default_rng(1)
+    E = rng.uniform(50.0, 20000.0, mesh.n_elements)
+    nu = rng.uniform(0.2, 0.45, mesh.n_elements)
+    asm = Assembler(mesh.points, mesh.cells)
+    assert asm.affine
+    K = asm.assemble(E, nu).toarray()
+    ref = _reference_K(mesh, E, nu)
+    # both are sums of the same exact integrals: agreement to round-off
+    assert np.abs(K - ref).max() <= 1e-12 * np.abs(ref).max()
+    assert np.abs(K - K.T).max() <= 1e-12 * np.abs(K).max()
+
+
+def test_curved_tet10_uses_quadrature():
+    mesh = _distorted(2)
+    pts = mesh.points.copy()
+    mid = np.unique(mesh.cells[:, 4:])
+    pts[mid[:5]] += 0.05  # bend five edges: no longer affine
+    asm = Assembler(pts, mesh.cells)
+    assert not is_affine(pts, mesh.cells) and not asm.affine
+    E = np.full(mesh.n_elements, 1000.0)
+    K = asm.assemble(E, 0.3).toarray()
+    ref = _reference_K(TetMesh(pts, mesh.cells, mesh.region), E, 0.3)
+    assert np.abs(K - ref).max() <= 1e-12 * np.abs(ref).max()
+
+
+def test_partition_matches_slicing_for_any_constraint_order():
+    mesh = _distorted(2, seed=3)
+    K = Assembler(mesh.points, mesh.cells).assemble(1000.0 + np.arange(mesh.n_elements), 0.3).tocsr()
+    n = K.shape[0]
+    rng = np.random.default_rng(2)
+    fixed = rng.choice(n, 40, replace=False)  # deliberately unsorted
+    free = np.setdiff1d(np.arange(n), fixed)
+    K_ff, K_fc, K_c = partition(K, free, fixed)
+    D = K.toarray()
+    assert np.array_equal(K_ff.toarray(), D[np.ix_(free, free)])
+    assert np.array_equal(K_fc.toarray(), D[np.ix_(free, fixed)])
+    assert np.array_equal(K_c.toarray(), D[fixed])
+    for A in (K_ff, K_fc, K_c):
+        rows = np.repeat(np.arange(A.shape[0]), np.diff(A.indptr))
+        key = rows * A.shape[1] + A.indices
+        assert np.all(np.diff(key) > 0)  # sorted, no duplicates (in-place updates rely on it)
