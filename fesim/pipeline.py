@@ -47,7 +47,7 @@ class RunOptions:
     cap_labels: str | None = None           # label values (e.g. discs) used as caps instead
     mesh_size_mm: float = 2.0
     screw_mesh_size_mm: float = 1.0
-    element_order: int = 1
+    element_order: int = 2                  # 2 = tet10 (tet4 locks around a bonded screw)
     law: str = "keyak"
     ash_conversion: str = "identity"        # QCT density -> ash density: identity | keyak | les
     nu_bone: float = 0.3

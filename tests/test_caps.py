@@ -9,7 +9,7 @@ from fesim.io.vtk import read_vtu
 from fesim.mesh.tetmesh import REGION_CAP_LOWER, REGION_CAP_UPPER
 from fesim.pipeline import run_scan
 
-QUICK = dict(mesh_size_mm=3.0, screw_mesh_size_mm=1.5, screws="none", strength="surrogate")
+QUICK = dict(mesh_size_mm=3.0, screw_mesh_size_mm=1.5, element_order=1, screws="none", strength="surrogate")
 
 
 @pytest.fixture(scope="module")

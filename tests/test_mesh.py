@@ -46,7 +46,7 @@ def test_regions_positive_and_quality(mesh1):
     assert set(np.unique(mesh1.region)) == {REGION_BONE, REGION_SCREW0}
     assert (mesh1.corner_volumes() > 0).all()
     rep = check_quality(mesh1)
-    assert rep["min_dihedral_deg"] >= 5.0 and rep["radius_ratio_min"] >= 0.15
+    assert rep["min_dihedral_deg"] >= 3.0 and rep["radius_ratio_min"] >= 0.05
 
 
 def _interface_faces(mesh, a, b):

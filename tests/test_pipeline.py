@@ -16,7 +16,7 @@ CONTRACT = ["pullout_strength_N", "pullout_stiffness_N_per_mm", "compression_str
             "compression_stiffness_N_per_mm", "vbmd_screw_mg_cm3", "vbmd_trabecular_mg_cm3", "abmd_g_cm2",
             "n_nodes", "n_elements", "n_dofs", "element_order", "strength_criterion", "fesim_version",
             "timings_s"]
-FAST = dict(mesh_size_mm=3.0, screw_mesh_size_mm=1.5, screws="left")
+FAST = dict(mesh_size_mm=3.0, screw_mesh_size_mm=1.5, element_order=1, screws="left")
 
 
 @pytest.fixture(scope="module")

@@ -123,7 +123,7 @@ def _quadrature(mesh, ids, fields, node_ijk, n_quad):
 
 def map_bmd(mesh: TetMesh, bmd: Volume, bone_mask: Volume, n_quad: int = 32,
             bone_only: bool = True, conserve_mass: bool = True, reach_mm: float | None = None,
-            info: dict | None = None) -> np.ndarray:
+            info: dict | None = None, material_scale_mm: float = 0.0) -> np.ndarray:
     """Element BMD (mg/cm^3) by quadrature of the masked, trilinearly interpolated BMD.
 
     Parameters
@@ -148,6 +148,13 @@ def map_bmd(mesh: TetMesh, bmd: Volume, bone_mask: Volume, n_quad: int = 32,
     reach_mm : float, optional
         Mask mineral outside the mesh farther than this from the nearest bone boundary face
         centroid is not assigned (default: longest bone boundary edge plus one voxel diagonal).
+    material_scale_mm : float
+        Gaussian sigma (mm) of the material field. 0 (default, Bonemat's convention): the
+        voxel BMD as is. > 0: the BMD is first smoothed within the mask (normalised
+        convolution, total mineral kept), a material field of stated resolution that the
+        elements then sample. Measured on the phantom (tet10 pullout, 2 -> 1.33 mm): sigma
+        = 1 mm did not reduce the mesh dependence (-8.8 % against -9.8 %), so it is not the
+        default.
     info : dict, optional
         Filled with the mineral balance in mg: ``mass_voxels_mg``, ``mass_elements_mg``
         (selected elements), ``mass_unselected_elements_mg`` (mineral displaced by screws and
@@ -176,6 +183,8 @@ def map_bmd(mesh: TetMesh, bmd: Volume, bone_mask: Volume, n_quad: int = 32,
     if not w_mask.any():
         raise MeshError("the bone mask is empty near the mesh")
     g = np.asarray(bmd.data, dtype=np.float64)[sl] * w_mask
+    if material_scale_mm > 0:
+        g = smooth_within_mask(g, w_mask, material_scale_mm / np.asarray(bmd.spacing, dtype=float))
     vox = bmd.voxel_volume_mm3
     out = np.zeros(mesh.n_elements)
     # The grid map is affine, so quadrature points are combined from corner indices directly.
@@ -208,6 +217,21 @@ def map_bmd(mesh: TetMesh, bmd: Volume, bone_mask: Volume, n_quad: int = 32,
                     mass_fallback_mg=float((vals[empty] * vol[empty]).sum() * 1e-3),
                     n_fallback_elements=int(empty.sum()), reach_mm=float(reach_mm))
     return out
+
+
+def smooth_within_mask(g: np.ndarray, w: np.ndarray, sigma_vox) -> np.ndarray:
+    """Gaussian-smoothed ``g`` (BMD x mask) inside the mask ``w`` (0/1), same total.
+
+    Normalised convolution ``G*g / G*w`` keeps surface voxels from being diluted by the
+    empty space outside the bone; a final factor restores the total mineral exactly.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    num = gaussian_filter(g, sigma_vox, mode="constant", cval=0.0)
+    den = gaussian_filter(w, sigma_vox, mode="constant", cval=0.0)
+    out = np.where(w > 0, num / np.maximum(den, 1e-12), 0.0)
+    total = out.sum()
+    return out * (g.sum() / total) if total != 0 else out
 
 
 def _outside_mineral(mesh, g, w_mask, bmd, lo, sel, ids, reach_mm, info,

@@ -11,7 +11,11 @@ Method (see docs/design/meshing.md):
    within ``alpha`` of the edge length) is moved onto it: exact closest point for the
    cylinders, Newton projection for the bone. Snaps that leave a kept element inverted or
    below the radius-ratio floor are undone, iteratively.
-4. Labels from the level sets at element centroids (screws first, so a screw head outside
+4. Cutting (:mod:`fesim.mesh.cut`): elements still crossed by a screw cylinder or by the
+   bone surface after snapping are split along it (new nodes on the interface, conforming
+   marching-tetrahedra stencils), so the bone-screw interface and the bone surface are made
+   of element faces whose nodes lie on them, not a staircase of lattice faces.
+5. Labels from the level sets at element centroids (screws first, so a screw head outside
    the bone stays screw); disconnected fragments dropped.
 
 Screw and bone share the nodes on the cylinder surface (bonded, conforming interface).
@@ -28,6 +32,7 @@ from scipy.sparse.csgraph import connected_components
 from fesim.errors import MeshError
 from fesim.imaging.screwplan import ScrewPlan
 from fesim.imaging.volume import Volume
+from fesim.mesh.cut import cut_mesh
 from fesim.mesh.levelset import BoneLevelSet, bone_level_set, screw_closest_point
 from fesim.mesh.quality import radius_ratio
 from fesim.mesh.refine import _EDGES, cell_volumes, edge_key, kuhn_lattice, positive_cells, refine
@@ -114,8 +119,9 @@ def _snap(points, cells, bone, screws, alpha, quality_floor, rounds: int = 3):
         for _ in range(500):
             c = cells[todo]
             lab[todo] = _label(new, c, bone, screws)
-            bad = (lab[todo] > 0) & ((cell_volumes(new, c) * sign0[todo] <= 0)
-                                     | (radius_ratio(new, c) * sign0[todo] < quality_floor))
+            # Elements outside the domain count too: cutting (cut_mesh) may keep parts of them.
+            bad = ((cell_volumes(new, c) * sign0[todo] <= 0)
+                   | (radius_ratio(new, c) * sign0[todo] < quality_floor))
             # Undo one snap per bad cell: the longest move, which usually flattened it.
             cb = c[bad]
             moved = np.where(snapped[cb], disp[cb], -1.0)
@@ -157,7 +163,8 @@ def _largest_component(cells: np.ndarray, vol: np.ndarray) -> np.ndarray:
 def mesh_vertebra(mask: Volume, screws: list[ScrewPlan] | None = None, size_mm: float = 2.0,
                   screw_size_mm: float = 0.7, order: int = 1, smooth: bool = True,
                   grading: float = 0.4, alpha: float = 0.4,
-                  smooth_sigma_mm: float | None = None, allow_truncated: bool = False) -> TetMesh:
+                  smooth_sigma_mm: float | None = None, allow_truncated: bool = False,
+                  cut: bool = True) -> TetMesh:
     """Conforming tetrahedral mesh of a bone mask with bonded cylindrical screws.
 
     Parameters
@@ -180,6 +187,10 @@ def mesh_vertebra(mask: Volume, screws: list[ScrewPlan] | None = None, size_mm: 
         Growth of the target size with distance from a screw surface (mm per mm).
     alpha : float
         Snap a node if its level set is below ``alpha`` x the cut edge's length.
+    cut : bool
+        After snapping, split the elements still crossed by a screw cylinder or the bone
+        surface (:func:`fesim.mesh.cut.cut_mesh`), so that every bone-screw face and every
+        bone surface face has its nodes on the interface (no staircase).
     allow_truncated : bool
         Mesh a mask flagged ``meta["truncated"]`` (cut by the image border, see
         :func:`fesim.imaging.segmentation.mask_from_labels`) instead of refusing it; the mesh
@@ -253,6 +264,14 @@ def mesh_vertebra(mask: Volume, screws: list[ScrewPlan] | None = None, size_mm: 
     t1 = time.perf_counter()
     new, lab, n_snapped = _snap(points, cells, bone, screws, alpha, SNAP_QUALITY_FLOOR)
     t_snap = time.perf_counter() - t1
+    n_before_cut = len(cells)
+    if cut:
+        t1 = time.perf_counter()
+        for sc in screws:
+            new, cells, _ = cut_mesh(new, cells, sc.signed_distance)
+        new, cells, _ = cut_mesh(new, cells, bone)
+        lab = _label(new, cells, bone, screws)
+    t_cut = time.perf_counter() - t1 if cut else 0.0
     t1 = time.perf_counter()
     kept = lab > 0
     cells, lab = cells[kept], lab[kept]
@@ -271,9 +290,10 @@ def mesh_vertebra(mask: Volume, screws: list[ScrewPlan] | None = None, size_mm: 
         "size_mm": h, "screw_size_mm": float(screw_size_mm), "truncated": truncated,
         "n_refinement_levels": n_levels,
         "n_snapped_nodes": n_snapped, "n_fragment_elements_dropped": n_fragment,
+        "n_elements_before_cutting": int(n_before_cut),
         "bone_level_set": bone.info,
         "volume_per_region_mm3": {int(r): float(vols[lab == r].sum()) for r in np.unique(lab)},
-        "time_level_set_s": t_levelset, "time_lattice_s": t_lattice, "time_snap_s": t_snap,
+        "time_level_set_s": t_levelset, "time_lattice_s": t_lattice, "time_snap_s": t_snap, "time_cut_s": t_cut,
         "time_label_s": time.perf_counter() - t1, "time_total_s": time.perf_counter() - t0,
     }
     if order == 2:
