@@ -1,6 +1,7 @@
 """Cost of the nonlinear strength analyses relative to one linear solve, on the phantom L4.
 
-    python benchmarks/strength.py [--mesh-size 2.0] [--screw-mesh-size 1.0] [--order 1]
+    python benchmarks/strength.py [--mesh-size 2.0] [--screw-mesh-size 1.0] [--order 2]
+                                  [--accuracy standard|screening]
 
 Builds the phantom L4 (osteoporotic, density scale 0.65) with planned screws at the given
 mesh sizes, times one complete linear solve (pattern, assembly, solver set-up, solve) of each
@@ -17,7 +18,7 @@ import time
 import numpy as np
 
 from fesim.analysis.loadcases import BodyFrame, compression_case, pullout_case
-from fesim.analysis.strength import run_strength
+from fesim.analysis.strength import ACCURACY, run_strength
 from fesim.fem.assembly import Assembler
 from fesim.fem.model import Model, StaticProblem
 from fesim.imaging.phantom import PhantomSpec, make_phantom
@@ -48,7 +49,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mesh-size", type=float, default=2.0)
     ap.add_argument("--screw-mesh-size", type=float, default=1.0)
-    ap.add_argument("--order", type=int, default=1, choices=[1, 2])
+    ap.add_argument("--order", type=int, default=2, choices=[1, 2])
+    ap.add_argument("--accuracy", default="standard", choices=sorted(ACCURACY))
     ap.add_argument("--solver", default="auto")
     args = ap.parse_args(argv)
     mesh, mat, cases = build(args.mesh_size, args.screw_mesh_size, args.order)
@@ -66,7 +68,8 @@ def main(argv=None):
         StaticProblem(m, solver=args.solver, rtol=1e-8).solve()
         t_lin = time.perf_counter() - t
         t = time.perf_counter()
-        r = run_strength(mesh, mat.E, mat.nu, case, solver=args.solver, assembler=Assembler(mesh.points, mesh.cells))
+        r = run_strength(mesh, mat.E, mat.nu, case, solver=args.solver, assembler=Assembler(mesh.points, mesh.cells),
+                         **ACCURACY[args.accuracy])
         t_nl = time.perf_counter() - t
         tot_lin, tot_nl = tot_lin + t_lin, tot_nl + t_nl
         print(f"{case.name:<15}{t_lin:>10.2f}{t_nl:>13.2f}{t_nl / t_lin:>8.1f}{r.n_solves:>8}{r.n_steps:>7}"

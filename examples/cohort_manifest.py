@@ -31,8 +31,8 @@ def main(out="example_cohort", quick=False):
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    options = dict(mesh_size_mm=3.0, screw_mesh_size_mm=1.5, element_order=1, screws="left", strength="surrogate",
-                   write_vtk=False) if quick else {}
+    options = dict(mesh_size_mm=3.0, screw_mesh_size_mm=1.5, element_order=1, screws="left",
+                   strength="surrogate", write_vtk=False) if quick else {}
     results = run_cohort(load_manifest(manifest), out / "study", backend="local", options=options)
     write_report(results, out / "study")
     for r in results:

@@ -56,7 +56,8 @@ class RunOptions:
     screw_roi_radius_mm: float | None = None
     write_vtk: bool = True
     export: tuple = ()                      # solver decks to write: "inp" (CalculiX/Abaqus), "feb" (FEBio)
-    max_steps: int = 30
+    max_steps: int = 60
+    strength_accuracy: str = "standard"     # standard | screening (fewer, looser secant iterations)
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunOptions":
@@ -64,7 +65,10 @@ class RunOptions:
         unknown = set(d) - names
         if unknown:
             raise InputError(f"unknown option(s): {', '.join(sorted(unknown))}")
-        return cls(**d)
+        opts = cls(**d)
+        if opts.strength_accuracy not in ("standard", "screening"):
+            raise InputError(f"strength_accuracy must be standard or screening, not {opts.strength_accuracy!r}")
+        return opts
 
 
 class _Timer:
@@ -255,7 +259,7 @@ def run_scan(scan, out_dir, **options) -> dict:
 
 def _run(scan, out_dir, opts: RunOptions) -> dict:
     from .analysis.loadcases import BodyFrame, compression_case, pullout_case
-    from .analysis.strength import run_strength
+    from .analysis.strength import ACCURACY, run_strength
     from .analysis.outputs import write_case_outputs
     from .imaging.segmentation import subregions
     from .mesh.mesher import mesh_vertebra
@@ -308,7 +312,8 @@ def _run(scan, out_dir, opts: RunOptions) -> dict:
         with T(case.name):
             steps = opts.max_steps if opts.strength == "nonlinear" else 0  # surrogate: one linear solve
             res = run_strength(mesh, mat.E, mat.nu, case, solver=opts.solver, max_steps=steps,
-                               snapshot_every=3 if opts.write_vtk else 0, assembler=assembler)
+                               snapshot_every=3 if opts.write_vtk else 0, assembler=assembler,
+                               **ACCURACY[opts.strength_accuracy])
         analyses[case.name] = res
         with T("write"):
             write_case_outputs(out, mesh, mat, elem_bmd, res, vtk=opts.write_vtk)

@@ -198,33 +198,41 @@ class Assembler:
         E = np.broadcast_to(np.asarray(E, dtype=float), (M,))
         nu = np.broadcast_to(np.asarray(nu, dtype=float), (M,))
         lam, mu = elements.lame(E, nu)
-        data = np.zeros((self.pattern.nnz_blocks, 3, 3))
         if self.affine:
-            self._assemble_affine(lam, mu, data)
+            data = self._assemble_affine(lam, mu)
         else:
+            data = np.zeros((self.pattern.nnz_blocks, 3, 3))
             self._assemble_curved(lam, mu, data)
         p = self.pattern
         return sp.bsr_matrix((data, p.indices, p.indptr), shape=(self.n_dofs, self.n_dofs))
 
-    def _assemble_affine(self, lam, mu, data):
-        n = self.cells.shape[1]
+    def _assemble_affine(self, lam, mu) -> np.ndarray:
+        M, n = self.cells.shape
         nb = self.pattern.nnz_blocks
         g, vol = self._barycentric_gradients()
         T = affine_product_tensor(n) if n == 10 else None
-        for sl in self._chunks(n * n):
-            gs = g[sl]
-            m = gs.shape[0]
-            vl, vm = (vol[sl] * lam[sl])[:, None, None], (vol[sl] * mu[sl])[:, None, None]
-            dots = vm * np.matmul(gs, gs.transpose(0, 2, 1))  # mu V g_c . g_d
-            idx = self.pattern.block_of[sl].ravel()
-            for i in range(3):
-                for j in range(3):
+        vl, vm = (vol * lam)[:, None, None], (vol * mu)[:, None, None]
+        idx = self.pattern.block_of.reshape(-1)
+        # One (M, n^2) weight buffer reused for the nine components: a large model would
+        # otherwise spend much of its assembly time faulting in fresh pages.
+        W = np.empty((M, n * n))
+        comp = np.empty((3, 3, nb))  # component-major: each bincount fills one contiguous row
+        step = 20_000
+        for i in range(3):
+            for j in range(3):
+                for a in range(0, M, step):
+                    sl = slice(a, min(a + step, M))
+                    gs = g[sl]
                     gi, gj = gs[:, :, i], gs[:, :, j]
-                    C = vl * (gi[:, :, None] * gj[:, None, :]) + vm * (gj[:, :, None] * gi[:, None, :])
+                    C = vl[sl] * (gi[:, :, None] * gj[:, None, :]) + vm[sl] * (gj[:, :, None] * gi[:, None, :])
                     if i == j:
-                        C += dots
-                    W = C.reshape(m, 16) if T is None else C.reshape(m, 16) @ T
-                    data[:, i, j] += np.bincount(idx, weights=W.ravel(), minlength=nb)
+                        C += vm[sl] * np.matmul(gs, gs.transpose(0, 2, 1))  # mu V g_c . g_d
+                    if T is None:
+                        W[sl] = C.reshape(-1, 16)
+                    else:
+                        np.matmul(C.reshape(-1, 16), T, out=W[sl])
+                comp[i, j] = np.bincount(idx, weights=W.reshape(-1), minlength=nb)
+        return np.ascontiguousarray(comp.transpose(2, 0, 1))
 
     def _assemble_curved(self, lam, mu, data):
         M, n = self.cells.shape
@@ -279,38 +287,58 @@ def _select(K: sp.csr_matrix, rows_keep: np.ndarray, keep: np.ndarray, local_col
     else:
         rows = np.searchsorted(indptr_full, np.flatnonzero(keep), side="right") - 1
         counts = np.bincount(rows, minlength=K.shape[0])
-    indptr = np.zeros(rows_keep.size + 1, dtype=np.int64)
+    indptr = np.zeros(rows_keep.size + 1, dtype=local_cols.dtype)
     np.cumsum(counts[rows_keep], out=indptr[1:])
     return sp.csr_matrix((K.data[keep], local_cols, indptr), shape=(rows_keep.size, n_cols))
 
 
-def partition(K: sp.csr_matrix, free: np.ndarray, fixed: np.ndarray):
+def partition(K: sp.csr_matrix, free: np.ndarray, fixed: np.ndarray, overwrite: bool = False,
+              chunk: int = 4_000_000):
     """Split K into ``K_ff``, ``K_fc`` (free rows) and ``K_c`` (constrained rows, all columns).
 
     ``free`` (sorted) and ``fixed`` (any order: it orders the columns of ``K_fc`` and the rows
-    of ``K_c``) are disjoint unknown sets covering ``0..n-1``. One masked pass over the CSR
-    arrays: several times faster than ``K[free][:, free]`` at 1e6 unknowns. Column indices of
-    the results are sorted.
+    of ``K_c``) are disjoint unknown sets covering ``0..n-1``. Column indices of the results
+    are sorted. Several times faster than ``K[free][:, free]`` at 1e6 unknowns. With
+    ``overwrite=True`` the arrays of ``K`` are compacted in place into ``K_ff`` (K is
+    consumed): no second copy of the matrix is allocated, which on a large model is most of
+    the cost (fresh memory pages).
     """
     n = K.shape[0]
-    idx_t = np.int32 if n < 2**31 - 1 else np.int64
+    idx_t = np.int32 if max(n, K.nnz) < 2**31 - 1 else np.int64
+    was_sorted = K.has_sorted_indices
     fmap = np.full(n, -1, dtype=idx_t)
     fmap[free] = np.arange(free.size, dtype=idx_t)
     cmap = np.full(n, -1, dtype=idx_t)
     cmap[fixed] = np.arange(fixed.size, dtype=idx_t)
+    K_c = K[fixed]
+    K_c.sort_indices()
     row_free = np.zeros(n, dtype=bool)
     row_free[free] = True
     entry_free = np.repeat(row_free, np.diff(K.indptr))
-    loc = fmap[K.indices]
-    col_free = loc >= 0
-    keep = col_free & entry_free
-    K_ff = _select(K, free, keep, loc[keep], free.size)
-    K_ff.has_sorted_indices = K.has_sorted_indices  # free is increasing: column order kept
-    del loc
-    np.logical_not(col_free, out=keep)
-    keep &= entry_free
+    fixed_col = cmap[K.indices] >= 0  # 1 byte per entry
+    keep = fixed_col & entry_free
     K_fc = _select(K, free, keep, cmap[K.indices[keep]], fixed.size)
     K_fc.sort_indices()
-    K_c = K[fixed]
-    K_c.sort_indices()
+    np.logical_not(fixed_col, out=keep)
+    keep &= entry_free
+    del fixed_col, entry_free
+    if not overwrite:
+        return _select(K, free, keep, fmap[K.indices[keep]], free.size), K_fc, K_c
+    # In-place compaction, chunk by chunk: the write position never passes the read position.
+    indptr_full = K.indptr.astype(np.int64)
+    rows = np.searchsorted(indptr_full, np.flatnonzero(~keep), side="right") - 1
+    counts = np.diff(indptr_full) - np.bincount(rows, minlength=n)
+    data, indices = K.data, K.indices
+    w = 0
+    for a in range(0, keep.size, chunk):
+        m = keep[a:a + chunk]
+        vals = data[a:a + chunk][m]
+        cols = fmap[indices[a:a + chunk][m]]
+        data[w:w + vals.size] = vals
+        indices[w:w + vals.size] = cols
+        w += vals.size
+    indptr = np.zeros(free.size + 1, dtype=idx_t)
+    np.cumsum(counts[free], out=indptr[1:])
+    K_ff = sp.csr_matrix((data[:w], indices[:w], indptr), shape=(free.size, free.size))
+    K_ff.has_sorted_indices = was_sorted  # free is increasing: column order kept
     return K_ff, K_fc, K_c

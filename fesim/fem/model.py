@@ -194,7 +194,7 @@ class StaticProblem:
     def _full_assembly(self, E):
         m = self.model
         K = self.assembler.assemble(E, m.nu).tocsr()
-        self.K_ff, self.K_fc, self.K_c = partition(K, self.free, m.bc_dofs)
+        self.K_ff, self.K_fc, self.K_c = partition(K, self.free, m.bc_dofs, overwrite=True)
         self._upd = None  # in-place updaters, built on the first incremental update
 
     def _updaters(self):

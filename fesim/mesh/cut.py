@@ -201,8 +201,6 @@ def cut_mesh(points: np.ndarray, cells: np.ndarray, fn, f: np.ndarray | None = N
     ids = np.flatnonzero(crossed)
     C, S, K = cells[ids], sc[ids], cut_node[ids]
     npos, nneg = n_pos[ids], n_neg[ids]
-    # Order local vertices: the lone side first where there is one, zeros last.
-    rows = np.arange(len(ids))
 
     def cnode(sel, i, j):
         return K[sel, _edge_index(i, j)]
@@ -211,7 +209,8 @@ def cut_mesh(points: np.ndarray, cells: np.ndarray, fn, f: np.ndarray | None = N
         out_cells.append(tets)
         out_parent.append(np.tile(ids[sel], len(tets) // max(int(sel.sum()), 1)))
 
-    # rank vertices: key sorts by (side class) so that the case's roles come out in order
+    # Each case picks its vertices' roles (lone node, others, nodes on the interface) by
+    # stable argsorts of sign tests.
     for lone_sign in (1, -1):
         # one node against three on the other side (1-3-0)
         sel = ((npos == 1) & (nneg == 3)) if lone_sign == 1 else ((npos == 3) & (nneg == 1))
