@@ -14,14 +14,18 @@ def shared_data_dir() -> Path:
     return Path(env) if env else ROOT.parent / "shared" / "data"
 
 
+def _tool_missing(msg: str):
+    """An external tool is absent: skip locally, fail in CI (FESIM_REQUIRE_TOOLS=1)."""
+    if os.environ.get("FESIM_REQUIRE_TOOLS") == "1":
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
 def require_tool(name: str) -> str:
     """Path of an external program; skip when absent, fail in CI (FESIM_REQUIRE_TOOLS=1)."""
     path = shutil.which(name)
     if path is None:
-        msg = f"{name} not found on PATH (CI installs it: see .ci/run)"
-        if os.environ.get("FESIM_REQUIRE_TOOLS") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
+        _tool_missing(f"{name} not found on PATH (CI installs it: see .ci/run)")
     return path
 
 
@@ -47,10 +51,7 @@ def pv_check_script() -> Path:
     """../shared/tools/pv_check.py; skip when absent, fail in CI (FESIM_REQUIRE_TOOLS=1)."""
     script = ROOT.parent / "shared" / "tools" / "pv_check.py"
     if not script.is_file():
-        msg = f"{script} not found"
-        if os.environ.get("FESIM_REQUIRE_TOOLS") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
+        _tool_missing(f"{script} not found")
     return script
 
 

@@ -185,8 +185,11 @@ def cut_mesh(points: np.ndarray, cells: np.ndarray, fn, f: np.ndarray | None = N
     if len(moved):
         points = _move_if_valid(points, cells, moved, target[moved])
     cut = s[e[:, 0]] * s[e[:, 1]] < 0
-    keys2, inv = np.unique(edge_key(e[cut, 0], e[cut, 1]), return_inverse=True)
-    assert np.array_equal(keys, keys2)
+    keys_now, inv = np.unique(edge_key(e[cut, 0], e[cut, 1]), return_inverse=True)
+    if not np.array_equal(keys_now, keys):  # the loop stopped on its iteration limit
+        keys = keys_now
+        a, b = keys >> np.int64(32), keys & np.int64(0xFFFFFFFF)
+        t = _crossings(points[a], points[b], f[a], f[b], fn) if len(keys) else np.zeros(0)
     new_pts = points[a] + t[:, None] * (points[b] - points[a])
     n0 = len(points)
     cut_node = np.full(len(e), -1, dtype=np.int64)
