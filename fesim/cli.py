@@ -50,6 +50,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--trajectory", default="traditional", choices=["traditional", "cortical"])
     g.add_argument("--screw-length", dest="screw_length_mm", type=float, help="mm (default 40, CBT 35)")
     g.add_argument("--screw-diameter", dest="screw_diameter_mm", type=float, help="mm (default 6.5, CBT 5.5)")
+    g.add_argument("--screw-tip", dest="screw_tip", default="round", choices=["round", "flat"],
+                   help="screw tip: round (hemispherical, default) or flat (plain cylinder)")
     g.add_argument("--screw-entry", type=_vec3, help="user screw entry point x,y,z (LPS mm)")
     g.add_argument("--screw-direction", type=_vec3, help="user screw direction x,y,z (LPS, head to tip)")
     g.add_argument("--screw-roi-radius", dest="screw_roi_radius_mm", type=float,
@@ -84,7 +86,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 def _run_options(args) -> dict:
     keys = ["labels", "level", "label_values", "convention", "series_uid", "calibration", "rod_densities",
-            "rod_material", "screws", "trajectory", "screw_length_mm", "screw_diameter_mm", "screw_entry",
+            "rod_material", "screws", "trajectory", "screw_length_mm", "screw_diameter_mm", "screw_tip", "screw_entry",
             "screw_direction", "screw_roi_radius_mm", "caps", "cap_thickness_mm", "cap_labels", "mesh_size_mm", "screw_mesh_size_mm", "element_order",
             "law", "ash_conversion", "strength", "strength_accuracy", "solver", "write_vtk", "export"]
     return {k: getattr(args, k) for k in keys if hasattr(args, k)}

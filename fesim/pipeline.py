@@ -7,6 +7,7 @@ computed here from the image, never assumed.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from dataclasses import dataclass, asdict, fields
@@ -40,6 +41,7 @@ class RunOptions:
     trajectory: str = "traditional"         # traditional | cortical
     screw_length_mm: float | None = None
     screw_diameter_mm: float | None = None
+    screw_tip: str = "round"                # round (hemispherical, default) | flat
     screw_entry: tuple | None = None        # user screw: entry (LPS mm) ...
     screw_direction: tuple | None = None    # ... and direction (LPS)
     caps: str = "none"                      # none | pmma: end caps generated on the endplates
@@ -66,6 +68,8 @@ class RunOptions:
         if unknown:
             raise InputError(f"unknown option(s): {', '.join(sorted(unknown))}")
         opts = cls(**d)
+        if opts.screw_tip not in ("round", "flat"):
+            raise InputError(f"screw_tip must be round or flat, not {opts.screw_tip!r}")
         if opts.strength_accuracy not in ("standard", "screening"):
             raise InputError(f"strength_accuracy must be standard or screening, not {opts.strength_accuracy!r}")
         return opts
@@ -178,7 +182,7 @@ def plan(mask: Volume, regions: Volume, opts: RunOptions) -> list[ScrewPlan]:
             raise InputError("a user screw needs both --screw-entry and --screw-direction")
         s = ScrewPlan("user", opts.screw_entry, opts.screw_direction,
                       length_mm=opts.screw_length_mm or 40.0, diameter_mm=opts.screw_diameter_mm or 6.5,
-                      trajectory="user")
+                      trajectory="user", tip_shape=opts.screw_tip)
         planning.check_screw(mask, s)
         return [s]
     if opts.screws == "none":
@@ -186,8 +190,9 @@ def plan(mask: Volume, regions: Volume, opts: RunOptions) -> list[ScrewPlan]:
     sides = {"both": ("left", "right"), "left": ("left",), "right": ("right",)}.get(opts.screws)
     if sides is None:
         raise InputError(f"--screws must be none, left, right or both, not {opts.screws!r}")
-    return planning.plan_screws(mask, regions=regions, sides=sides, trajectory=opts.trajectory,
-                                length_mm=opts.screw_length_mm, diameter_mm=opts.screw_diameter_mm)
+    screws = planning.plan_screws(mask, regions=regions, sides=sides, trajectory=opts.trajectory,
+                                  length_mm=opts.screw_length_mm, diameter_mm=opts.screw_diameter_mm)
+    return [dataclasses.replace(sc, tip_shape=opts.screw_tip) for sc in screws]
 
 
 def bmd_measures(bmd: Volume, mask: Volume, regions: Volume, frame: dict, screws, opts) -> dict:

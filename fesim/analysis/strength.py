@@ -118,11 +118,20 @@ class StrengthResult:
         return d
 
 
-def strain_ratio(mesh: TetMesh, u: np.ndarray, E, nu, fm: FailureModel) -> np.ndarray:
-    """Principal-strain ratio ``r`` per element for displacement ``u`` (N, 3)."""
+def strain_ratio(mesh: TetMesh, u: np.ndarray, E, nu, fm: FailureModel, energy: bool = False,
+                 vol: np.ndarray | None = None):
+    """Principal-strain ratio ``r`` per element for displacement ``u`` (N, 3).
+
+    With ``energy=True`` also returns each element's strain energy (mJ = N mm; from its mean
+    strain and stress; ``vol``: element volumes, mm^3, if known), the weights of the first-order
+    force predictor in :func:`run_strength`.
+    """
     fields = element_fields(mesh.points, mesh.cells, u, E, nu)
     ps = fields.principal_strain
-    return np.maximum(np.maximum(-ps[:, 0] / fm.eps_yield_compression, ps[:, 2] / fm.eps_yield_tension), 0.0)
+    r = np.maximum(np.maximum(-ps[:, 0] / fm.eps_yield_compression, ps[:, 2] / fm.eps_yield_tension), 0.0)
+    if not energy:
+        return r
+    return r, fields.sed * (np.abs(elements.element_volumes(mesh.points, mesh.cells)) if vol is None else vol)
 
 
 def nonlocal_average(mesh: TetMesh, vol: np.ndarray, select: np.ndarray, radius_mm: float):
@@ -167,9 +176,9 @@ ACCURACY = {
 def run_strength(mesh: TetMesh, E0: np.ndarray, nu: np.ndarray, case: LoadCase,
                  fm: FailureModel | None = None, solver: str = "auto", max_steps: int = 60,
                  step_fraction: float = 0.1, max_iter: int = 10, tol_changed: float = 2e-3,
-                 tol_force: float = 5e-3, stop_drop: float = 0.05, surrogate_fraction: float = 0.02,
+                 tol_force: float = 5e-3, tol_modulus: float = 0.02, stop_drop: float = 0.05, surrogate_fraction: float = 0.02,
                  snapshot_every: int = 0, rtol: float = 1e-5, assembler=None,
-                 nonlocal_radius_mm: float = 1.5) -> StrengthResult:
+                 nonlocal_radius_mm: float = 1.5, correction_rtol: float = 0.1) -> StrengthResult:
     """Trace the force-displacement curve of ``case`` through its peak.
 
     Parameters
@@ -198,17 +207,17 @@ def run_strength(mesh: TetMesh, E0: np.ndarray, nu: np.ndarray, case: LoadCase,
         nonlocal n_solves
         if n_solves:
             prob.set_moduli(E)
-        sol = prob.solve()
+        sol = prob.solve(correction_rtol=correction_rtol if n_solves else None)
         n_solves += 1
         force = float(sol.reaction_on(case.driven) @ case.direction)
-        r = strain_ratio(mesh, sol.u, E, model.nu, fm)
+        r, energy = strain_ratio(mesh, sol.u, E, model.nu, fm, energy=True, vol=vol)
         r[~bone] = 0.0
         if avg is not None:
             r[avg[0]] = avg[1] @ r[avg[0]]
-        return sol.u, force, r
+        return sol.u, force, r, energy
 
     E = E0.astype(float).copy()
-    u1, F1, r1 = solve_unit(E)
+    u1, F1, r1, w1 = solve_unit(E)
     stiffness = F1
     t_linear = time.perf_counter() - t0
     q = _weighted_quantile(r1[bone], vol[bone], 1.0 - surrogate_fraction)
@@ -216,32 +225,38 @@ def run_strength(mesh: TetMesh, E0: np.ndarray, nu: np.ndarray, case: LoadCase,
     surrogate = stiffness * delta_q
     d_step = step_fraction * delta_q
 
-    factor = np.ones(mesh.n_elements)
+    factor = np.ones(mesh.n_elements)  # secant modulus / initial modulus
     rmax = np.zeros(mesh.n_elements)  # largest failure measure each element has reached
-    u_unit, F_unit, r_unit = u1, F1, r1
+    u_unit, F_unit, r_unit, w_unit = u1, F1, r1, w1
     curve_d, curve_f = [0.0], [0.0]
     peak = (0.0, 0.0, u1 * 0, factor.copy(), r1 * 0)
     converged_steps, passed = 0, False
     snapshots = []
+    vol_bone = vol[bone].sum()
     for step in range(1, max_steps + 1):
         delta = step * d_step
-        ok = False
-        for _ in range(max_iter):
+        ok, dF = False, 0.0
+        for it in range(max_iter + 1):
             new = np.minimum(factor, fm.secant_factor(delta * r_unit))
-            changed = bone & (new < factor - 1e-6)
-            frac = vol[changed].sum() / vol[bone].sum()
-            if not changed.any():
-                ok = True
-                break
+            # First-order change of the unit force if the moduli became ``new``: at fixed
+            # prescribed displacements the potential energy is stationary in the free
+            # unknowns, so dF/F = sum(dE_e/E_e U_e) / sum(U_e) to first order (U_e: element
+            # strain energy of the current solution). It is the out-of-balance a solve would
+            # remove; below ``tol_force`` the step is converged without that solve.
+            rel = new / factor - 1.0
+            dF = float((rel * w_unit).sum() / max(w_unit.sum(), 1e-300))
+            frac = vol[bone & (rel < -tol_modulus)].sum() / vol_bone
             factor = new
-            F_old = delta * F_unit
-            u_unit, F_unit, r_unit = solve_unit(E0 * factor)
-            if frac < tol_changed and abs(delta * F_unit - F_old) <= tol_force * abs(F_old):
+            if -dF <= tol_force and frac <= tol_changed:
                 ok = True
                 break
+            if it == max_iter:
+                break
+            u_unit, F_unit, r_unit, w_unit = solve_unit(E0 * factor)
+            dF = 0.0
         converged_steps += ok
         rmax = np.maximum(rmax, delta * r_unit)
-        F = delta * F_unit
+        F = delta * F_unit * (1.0 + dF)
         curve_d.append(delta)
         curve_f.append(F)
         if F > peak[1]:

@@ -13,7 +13,7 @@ TITANIUM_NU = 0.3
 
 @dataclass
 class ScrewPlan:
-    """A screw modelled as a solid cylinder.
+    """A screw modelled as a solid cylinder with a rounded (hemispherical) or flat tip.
 
     Attributes
     ----------
@@ -29,6 +29,12 @@ class ScrewPlan:
         ``"traditional"``, ``"cortical"`` or ``"user"``.
     E_mpa, nu : float
         Elastic constants of the screw material (titanium by default).
+    tip_shape : str
+        ``"round"`` (default): the last ``radius_mm`` of the length is a hemisphere, as the
+        blunt tip of a pedicle screw; ``"flat"``: a plain cylinder. A flat end bonded to bone
+        has a singular rim where, under pullout, the bone strains most at any mesh size: on
+        the phantom L4 (homogeneous bone, tet10) the 98th-percentile strain rose 10 % from the
+        2 mm to the 1.33 mm mesh, which made the pullout strength mesh dependent.
     """
 
     side: str
@@ -39,6 +45,7 @@ class ScrewPlan:
     trajectory: str = "traditional"
     E_mpa: float = TITANIUM_E_MPA
     nu: float = TITANIUM_NU
+    tip_shape: str = "round"
 
     def __post_init__(self):
         self.entry = np.asarray(self.entry, dtype=float).reshape(3)
@@ -49,6 +56,10 @@ class ScrewPlan:
         self.direction = d / n
         if self.length_mm <= 0 or self.diameter_mm <= 0:
             raise ValueError("screw length and diameter must be positive")
+        if self.tip_shape not in ("round", "flat"):
+            raise ValueError(f"screw tip_shape must be 'round' or 'flat', got {self.tip_shape!r}")
+        if self.tip_shape == "round" and self.length_mm < self.radius_mm:
+            raise ValueError("a round-tipped screw must be at least as long as its radius")
 
     @property
     def radius_mm(self) -> float:
@@ -59,17 +70,31 @@ class ScrewPlan:
         return self.entry + self.length_mm * self.direction
 
     @property
+    def shaft_length_mm(self) -> float:
+        """Length (mm) of the cylindrical part: up to the centre of the round tip."""
+        return self.length_mm - (self.radius_mm if self.tip_shape == "round" else 0.0)
+
+    @property
     def volume_mm3(self) -> float:
-        return float(np.pi * self.radius_mm**2 * self.length_mm)
+        R = self.radius_mm
+        cap = 2.0 / 3.0 * np.pi * R**3 if self.tip_shape == "round" else 0.0
+        return float(np.pi * R**2 * self.shaft_length_mm + cap)
 
     def signed_distance(self, xyz) -> np.ndarray:
-        """Signed distance (mm) from points (..., 3) to the cylinder; negative inside."""
+        """Signed distance (mm) from points (..., 3) to the screw; negative inside."""
         p = np.asarray(xyz, dtype=float) - self.entry
         t = p @ self.direction
-        radial = np.linalg.norm(p - t[..., None] * self.direction, axis=-1) - self.radius_mm
-        axial = np.abs(t - 0.5 * self.length_mm) - 0.5 * self.length_mm
-        outside = np.hypot(np.maximum(radial, 0), np.maximum(axial, 0))
-        inside = np.minimum(np.maximum(radial, axial), 0)
+        R, Ls = self.radius_mm, self.shaft_length_mm
+        if self.tip_shape == "round":
+            # a half-infinite capsule (cylinder ending in a hemisphere at Ls), cut by the head plane
+            tc = np.minimum(t, Ls)
+            body = np.linalg.norm(p - tc[..., None] * self.direction, axis=-1) - R
+            axial = -t
+        else:
+            body = np.linalg.norm(p - t[..., None] * self.direction, axis=-1) - R
+            axial = np.abs(t - 0.5 * Ls) - 0.5 * Ls
+        outside = np.hypot(np.maximum(body, 0), np.maximum(axial, 0))
+        inside = np.minimum(np.maximum(body, axial), 0)
         return outside + inside
 
     def contains(self, xyz, tol: float = 0.0) -> np.ndarray:

@@ -153,7 +153,7 @@ def bone_level_set(mask: Volume, smooth_sigma_mm: float | None = None, pad_mm: f
 
 
 def screw_closest_point(screw: ScrewPlan, xyz) -> np.ndarray:
-    """Closest point (..., 3) on the surface of the screw cylinder to LPS points ``xyz``."""
+    """Closest point (..., 3) on the surface of the screw (cylinder and tip) to LPS points ``xyz``."""
     xyz = np.asarray(xyz, dtype=float)
     p = xyz - screw.entry
     ax = screw.direction
@@ -164,10 +164,12 @@ def screw_closest_point(screw: ScrewPlan, xyz) -> np.ndarray:
     perp = np.cross(ax, [1.0, 0.0, 0.0] if abs(ax[0]) < 0.9 else [0.0, 1.0, 0.0])
     perp /= np.linalg.norm(perp)
     u = np.where(r[..., None] > 1e-12, radial_vec / np.maximum(r, 1e-12)[..., None], perp)
-    R, L = screw.radius_mm, screw.length_mm
+    R, L = screw.radius_mm, screw.shaft_length_mm
+    round_tip = screw.tip_shape == "round"
     inside = (r <= R) & (t >= 0) & (t <= L)
-    # Inside: the nearest of side wall, head cap and tip cap.
-    d_side, d_head, d_tip = R - r, t, L - t
+    # Inside: the nearest of side wall, head cap and (flat) tip cap.
+    d_side, d_head = R - r, t
+    d_tip = np.full_like(t, np.inf) if round_tip else L - t
     side = (d_side <= d_head) & (d_side <= d_tip)
     head = ~side & (d_head <= d_tip)
     t_in = np.where(side, t, np.where(head, 0.0, L))
@@ -177,4 +179,12 @@ def screw_closest_point(screw: ScrewPlan, xyz) -> np.ndarray:
     r_out = np.minimum(r, R)
     tt = np.where(inside, t_in, t_out)
     rr = np.where(inside, r_in, r_out)
-    return screw.entry + tt[..., None] * ax + rr[..., None] * u
+    out = screw.entry + tt[..., None] * ax + rr[..., None] * u
+    if round_tip:
+        # beyond the shaft every point projects radially onto the hemisphere
+        c = screw.entry + L * ax
+        v = xyz - c
+        n = np.linalg.norm(v, axis=-1)
+        v = np.where(n[..., None] > 1e-12, v / np.maximum(n, 1e-12)[..., None], ax)
+        out = np.where((t > L)[..., None], c + R * v, out)
+    return out
