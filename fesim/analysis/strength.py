@@ -19,15 +19,21 @@ Failure model (per bone element; screws stay elastic)
 Solution strategy
     Displacement control. For fixed moduli the response is linear in the applied
     displacement ``delta``, so each secant iteration is *one* solve for a unit displacement
-    and ``r(delta) = delta * r_unit``. Steps at which no element's state changes cost no
-    solve. Every solve reuses the sparsity pattern, the cached element matrices, the AMG
-    hierarchy (or re-factorises a direct solver) and warm-starts from the previous solution.
-    A step is converged when fewer than ``tol_changed`` of the bone volume changed state and
-    the force changed by less than ``tol_force`` (relative). Two presets (:data:`ACCURACY`):
-    ``standard`` (default: increments of 0.1 x the surrogate's failure displacement, up to 10
-    secant iterations, 0.2 % volume / 0.5 % force) and ``screening`` (0.2 x, 3 iterations,
-    1 % / 2 %: about 3x fewer solves; on the phantom pullout it overestimates the peak by ~8 %
-    and makes it mesh dependent, 2 -> 1.33 mm: -12.6 %, against -4 % with ``standard``).
+    and ``r(delta) = delta * r_unit``. Before each solve the change of force the new moduli
+    would cause is predicted to first order from the element strain energies ``U_e`` of the
+    current solution (``dF/F = sum(dE_e/E_e U_e) / sum(U_e)``: the potential energy is
+    stationary in the free unknowns); the step is converged, without that solve, when the
+    prediction is below ``tol_force`` and less than ``tol_changed`` of the bone volume would
+    lose more than ``tol_modulus`` (2 %) of its modulus. Every solve reuses the sparsity
+    pattern, updates only the changed elements' entries in place, keeps the preconditioner
+    (rebuilt when CG converges 1.5x slower per decade than after its set-up), warm-starts
+    from the previous solution and reduces the residual of that warm start tenfold
+    (``correction_rtol``), so a local change of moduli is always resolved. Force is monotone
+    in the moduli, so a step whose force is already below the stop level ends early. Two
+    presets (:data:`ACCURACY`): ``standard`` (default: increments of 0.1 x the surrogate's
+    failure displacement, up to 10 solves per step, 0.2 % volume / 0.5 % force) and
+    ``screening`` (0.2 x, 3 solves, 1 % / 2 %: about 3x fewer solves; on the phantom
+    pullout it overestimated the peak by ~8 %).
 
 The fast linear surrogate is the load at which ``surrogate_fraction`` (2 %) of the bone volume
 exceeds its yield strain, from the first (elastic) solve: ``F = K * delta_q``.
@@ -186,7 +192,13 @@ def run_strength(mesh: TetMesh, E0: np.ndarray, nu: np.ndarray, case: LoadCase,
     mesh : TetMesh; E0, nu : (M,) initial moduli (MPa) and Poisson's ratios
     case : LoadCase; fm : FailureModel (defaults to Kopperdahl-Keaveny strains, plastic)
     step_fraction : displacement increment as a fraction of the surrogate's failure displacement
+    max_iter : secant solves per step at most
+    tol_changed, tol_force, tol_modulus : convergence of a step (module docstring): bone volume
+        fraction whose modulus would drop by more than ``tol_modulus``, and predicted relative
+        force change
     stop_drop : stop once the force has fallen this fraction below the peak
+    rtol : CG tolerance of the first (cold) solve, relative to the load
+    correction_rtol : residual reduction of each warm-started secant solve
     snapshot_every : keep (delta, u, factor) every n steps for a ParaView series (0 = none)
     assembler : a :class:`fesim.fem.assembly.Assembler` of this mesh to reuse (pattern and
         element matrices are then shared between load cases)
@@ -251,6 +263,11 @@ def run_strength(mesh: TetMesh, E0: np.ndarray, nu: np.ndarray, case: LoadCase,
                 ok = True
                 break
             if it == max_iter:
+                break
+            if peak[1] > 0 and delta * F_unit * (1.0 + dF) < (1.0 - stop_drop) * peak[1]:
+                # Past the peak already: more iterations only add damage and lower the force
+                # further (it is monotone in the moduli at fixed displacement), so the curve
+                # has fallen below the stop level whatever they give.
                 break
             u_unit, F_unit, r_unit, w_unit = solve_unit(E0 * factor)
             dF = 0.0
