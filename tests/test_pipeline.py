@@ -98,12 +98,27 @@ def test_real_ct_l4_with_labels(real_run):
     assert 1000 < res["compression_strength_N"] < 8000  # domain.md section 5
 
 
+@pytest.fixture(scope="module")
+def real_default_run(tmp_path_factory):
+    """The real L4 at fesim's default model settings (tet10, 2 / 1 mm, standard accuracy)."""
+    d = real_data_dir()
+    out = tmp_path_factory.mktemp("real_default")
+    return run_scan(d / "example_ct.nii.gz", out, labels=str(d / "example_ct_labels.nii.gz"),
+                    level="L4", calibration="internal", screws="left", write_vtk=False)
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="known weakness (issue 6): pullout of a bonded screw on the 3 mm "
-                   "real CT (screw vBMD ~190 mg/cm3) comes out above the ~2.5 kN literature bound: "
-                   "3.2 kN here (tet4, 3 mm, screening), 2.9 / 2.7 kN with tet10 at 3 / 2 mm")
-def test_real_ct_l4_pullout_in_literature_range(real_run):
-    assert 200 < real_run["pullout_strength_N"] < 2500  # domain.md section 5
+def test_real_ct_l4_strengths_in_literature_range(real_default_run):
+    """domain.md section 5: roughly 0.2-2.5 kN for one screw, 1-8 kN for the vertebra.
+
+    Measured: pullout 2.44 kN, compression 4.15 kN. The scan is not osteoporotic (screw vBMD
+    ~190 mg/cm^3), so pullout sits near the top of the range. The quick tet4 / 3 mm /
+    screening model of ``real_run`` gives ~3 kN: tet4 locks and screening overshoots.
+    """
+    res = real_default_run
+    assert res["element_order"] == 2
+    assert 200 < res["pullout_strength_N"] < 2500
+    assert 1000 < res["compression_strength_N"] < 8000
 
 
 def test_truncated_vertebra_refused(real_data, tmp_path):
