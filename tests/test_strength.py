@@ -74,3 +74,32 @@ def test_strength_rises_with_modulus():
     nu = np.full(mesh.n_elements, 0.3)
     s = [run_strength(mesh, E * f, nu, case, fm, solver="direct").strength_N for f in (1.0, 1.05, 1.10)]
     assert s[0] < s[1] < s[2]
+
+
+def test_first_order_force_predictor_matches_a_solve():
+    """The energy predictor that decides secant convergence before solving:
+    dF/F = sum(dE/E U_e) / sum(U_e) agrees with the solved force change to first order."""
+    from fesim.analysis.strength import strain_ratio
+    from fesim.fem.model import Model, StaticProblem
+
+    mesh = cylinder_mesh()
+    rng = np.random.default_rng(5)
+    E = rng.uniform(300.0, 900.0, mesh.n_elements)
+    nu = np.full(mesh.n_elements, 0.3)
+    case = _uniaxial_case(mesh)
+
+    def force(E):
+        m = Model(mesh, E, nu)
+        case.apply(m, 0.01)
+        sol = StaticProblem(m, solver="direct").solve()
+        return float(sol.reaction_on(case.driven) @ case.direction), sol.u
+
+    F0, u0 = force(E)
+    _, U = strain_ratio(mesh, u0, E, nu, FailureModel(), energy=True)
+    weak = np.linalg.norm(mesh.centroids() - [2.0, 0.0, 5.0], axis=1) < 3.0
+    for drop in (0.01, 0.05):
+        rel = np.where(weak, -drop, 0.0)
+        predicted = (rel * U).sum() / U.sum()
+        actual = force(E * (1.0 + rel))[0] / F0 - 1.0
+        assert predicted < 0 and actual < 0
+        assert abs(actual - predicted) <= 0.1 * abs(predicted)  # second order in the drop
