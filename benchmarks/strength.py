@@ -1,7 +1,7 @@
 """Cost of the nonlinear strength analyses relative to one linear solve, on the phantom L4.
 
     python benchmarks/strength.py [--mesh-size 2.0] [--screw-mesh-size 1.0] [--order 2]
-                                  [--accuracy standard|screening]
+                                  [--accuracy standard|screening] [--correction-rtol 0.5]
 
 Builds the phantom L4 (osteoporotic, density scale 0.65) with planned screws at the given
 mesh sizes, times one complete linear solve (pattern, assembly, solver set-up, solve) of each
@@ -52,6 +52,8 @@ def main(argv=None):
     ap.add_argument("--order", type=int, default=2, choices=[1, 2])
     ap.add_argument("--accuracy", default="standard", choices=sorted(ACCURACY))
     ap.add_argument("--solver", default="auto")
+    ap.add_argument("--correction-rtol", type=float, default=None,
+                    help="residual reduction of the warm-started secant solves (default: run_strength's)")
     args = ap.parse_args(argv)
     mesh, mat, cases = build(args.mesh_size, args.screw_mesh_size, args.order)
     print(f"phantom L4, {mesh.n_elements} elements, {3 * mesh.n_nodes} unknowns, tet{4 if args.order == 1 else 10}, "
@@ -68,8 +70,9 @@ def main(argv=None):
         StaticProblem(m, solver=args.solver, rtol=1e-8).solve()
         t_lin = time.perf_counter() - t
         t = time.perf_counter()
+        extra = {} if args.correction_rtol is None else {"correction_rtol": args.correction_rtol}
         r = run_strength(mesh, mat.E, mat.nu, case, solver=args.solver, assembler=Assembler(mesh.points, mesh.cells),
-                         **ACCURACY[args.accuracy])
+                         **ACCURACY[args.accuracy], **extra)
         t_nl = time.perf_counter() - t
         tot_lin, tot_nl = tot_lin + t_lin, tot_nl + t_nl
         print(f"{case.name:<15}{t_lin:>10.2f}{t_nl:>13.2f}{t_nl / t_lin:>8.1f}{r.n_solves:>8}{r.n_steps:>7}"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import FesimError
+from .imaging.screwplan import TIP_SHAPES
 
 
 def _floats(text, n=None):
@@ -50,7 +51,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--trajectory", default="traditional", choices=["traditional", "cortical"])
     g.add_argument("--screw-length", dest="screw_length_mm", type=float, help="mm (default 40, CBT 35)")
     g.add_argument("--screw-diameter", dest="screw_diameter_mm", type=float, help="mm (default 6.5, CBT 5.5)")
-    g.add_argument("--screw-tip", dest="screw_tip", default="round", choices=["round", "flat"],
+    g.add_argument("--screw-tip", dest="screw_tip", default="round", choices=TIP_SHAPES,
                    help="screw tip: round (hemispherical, default) or flat (plain cylinder)")
     g.add_argument("--screw-entry", type=_vec3, help="user screw entry point x,y,z (LPS mm)")
     g.add_argument("--screw-direction", type=_vec3, help="user screw direction x,y,z (LPS, head to tip)")

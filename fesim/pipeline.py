@@ -19,7 +19,7 @@ from . import __version__
 from .errors import InputError
 from .io.atomic import atomic_write_json
 from .imaging.volume import Volume
-from .imaging.screwplan import ScrewPlan
+from .imaging.screwplan import TIP_SHAPES, ScrewPlan
 
 
 @dataclass
@@ -68,8 +68,8 @@ class RunOptions:
         if unknown:
             raise InputError(f"unknown option(s): {', '.join(sorted(unknown))}")
         opts = cls(**d)
-        if opts.screw_tip not in ("round", "flat"):
-            raise InputError(f"screw_tip must be round or flat, not {opts.screw_tip!r}")
+        if opts.screw_tip not in TIP_SHAPES:
+            raise InputError(f"screw_tip must be one of {', '.join(TIP_SHAPES)}, not {opts.screw_tip!r}")
         if opts.strength_accuracy not in ("standard", "screening"):
             raise InputError(f"strength_accuracy must be standard or screening, not {opts.strength_accuracy!r}")
         return opts

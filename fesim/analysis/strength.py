@@ -26,11 +26,13 @@ Solution strategy
     prediction is below ``tol_force`` and less than ``tol_changed`` of the bone volume would
     lose more than ``tol_modulus`` (2 %) of its modulus. Every solve reuses the sparsity
     pattern, updates only the changed elements' entries in place, keeps the preconditioner
-    (rebuilt when CG converges 1.5x slower per decade than after its set-up), warm-starts
+    (rebuilt when CG converges 1.5x slower per decade than after its set-up and a solve
+    needs over a quarter of the cold solve's iterations), warm-starts
     from the previous solution and at least halves the residual of that warm start
     (``correction_rtol``): CG's usual tolerance relative to the load can already be met after
     a local change of moduli, and the change would then be left unresolved (on the phantom,
-    0.5 against 0.1 moved the peaks by at most 0.5 % with far fewer CG iterations). Two
+    0.5 against 0.1 moved the peaks by at most 0.5 % with far fewer CG iterations:
+    ``benchmarks/strength.py --correction-rtol 0.1``). Two
     presets (:data:`ACCURACY`): ``standard`` (default: increments of 0.1 x the surrogate's
     failure displacement, up to 10 solves per step, 0.2 % volume / 0.5 % force) and
     ``screening`` (0.2 x, 3 solves, 1 % / 2 %: about 3x fewer solves; on the phantom
@@ -125,20 +127,17 @@ class StrengthResult:
         return d
 
 
-def strain_ratio(mesh: TetMesh, u: np.ndarray, E, nu, fm: FailureModel, energy: bool = False,
-                 vol: np.ndarray | None = None):
+def strain_ratio(mesh: TetMesh, u: np.ndarray, E, nu, fm: FailureModel, with_sed: bool = False,
+                 affine: bool | None = None):
     """Principal-strain ratio ``r`` per element for displacement ``u`` (N, 3).
 
-    With ``energy=True`` also returns each element's strain energy (mJ = N mm; from its mean
-    strain and stress; ``vol``: element volumes, mm^3, if known), the weights of the first-order
-    force predictor in :func:`run_strength`.
+    ``with_sed=True`` also returns each element's strain-energy density (MPa, from its mean
+    strain and stress). ``affine``: as in :func:`fesim.fem.post.element_fields`.
     """
-    fields = element_fields(mesh.points, mesh.cells, u, E, nu)
+    fields = element_fields(mesh.points, mesh.cells, u, E, nu, affine=affine)
     ps = fields.principal_strain
     r = np.maximum(np.maximum(-ps[:, 0] / fm.eps_yield_compression, ps[:, 2] / fm.eps_yield_tension), 0.0)
-    if not energy:
-        return r
-    return r, fields.sed * (np.abs(elements.element_volumes(mesh.points, mesh.cells)) if vol is None else vol)
+    return (r, fields.sed) if with_sed else r
 
 
 def nonlocal_average(mesh: TetMesh, vol: np.ndarray, select: np.ndarray, radius_mm: float):
@@ -214,6 +213,7 @@ def run_strength(mesh: TetMesh, E0: np.ndarray, nu: np.ndarray, case: LoadCase,
     model = Model(mesh, E0, nu)
     case.apply(model, 1.0)  # unit displacement along the pull direction
     prob = StaticProblem(model, solver=solver, rtol=rtol, assembler=assembler)
+    affine = prob.assembler.affine
     n_solves = 0
     avg = nonlocal_average(mesh, vol, bone, nonlocal_radius_mm) if nonlocal_radius_mm > 0 else None
 
@@ -224,11 +224,11 @@ def run_strength(mesh: TetMesh, E0: np.ndarray, nu: np.ndarray, case: LoadCase,
         sol = prob.solve(correction_rtol=correction_rtol if n_solves else None)
         n_solves += 1
         force = float(sol.reaction_on(case.driven) @ case.direction)
-        r, energy = strain_ratio(mesh, sol.u, E, model.nu, fm, energy=True, vol=vol)
+        r, sed = strain_ratio(mesh, sol.u, E, model.nu, fm, with_sed=True, affine=affine)
         r[~bone] = 0.0
         if avg is not None:
             r[avg[0]] = avg[1] @ r[avg[0]]
-        return sol.u, force, r, energy
+        return sol.u, force, r, sed * vol  # element strain energies, mJ
 
     E = E0.astype(float).copy()
     u1, F1, r1, w1 = solve_unit(E)
@@ -249,14 +249,10 @@ def run_strength(mesh: TetMesh, E0: np.ndarray, nu: np.ndarray, case: LoadCase,
     vol_bone = vol[bone].sum()
     for step in range(1, max_steps + 1):
         delta = step * d_step
-        ok, dF = False, 0.0
+        ok = False
         for it in range(max_iter + 1):
             new = np.minimum(factor, fm.secant_factor(delta * r_unit))
-            # First-order change of the unit force if the moduli became ``new``: at fixed
-            # prescribed displacements the potential energy is stationary in the free
-            # unknowns, so dF/F = sum(dE_e/E_e U_e) / sum(U_e) to first order (U_e: element
-            # strain energy of the current solution). It is the out-of-balance a solve would
-            # remove; below ``tol_force`` the step is converged without that solve.
+            # predicted relative force change of the moduli ``new`` (module docstring)
             rel = new / factor - 1.0
             dF = float((rel * w_unit).sum() / max(w_unit.sum(), 1e-300))
             frac = vol[bone & (rel < -tol_modulus)].sum() / vol_bone
@@ -267,7 +263,6 @@ def run_strength(mesh: TetMesh, E0: np.ndarray, nu: np.ndarray, case: LoadCase,
             if it == max_iter:
                 break
             u_unit, F_unit, r_unit, w_unit = solve_unit(E0 * factor)
-            dF = 0.0
         converged_steps += ok
         rmax = np.maximum(rmax, delta * r_unit)
         F = delta * F_unit * (1.0 + dF)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from ..errors import MeshError
 from . import elements
 
 #: Elements per chunk during assembly: bounds temporary memory (tet10: ~14 kB per element).
@@ -174,15 +173,7 @@ class Assembler:
 
     def _barycentric_gradients(self):
         if self._g is None:
-            X = self.points[self.cells[:, :4]]
-            J = (X[:, 1:] - X[:, :1]).transpose(0, 2, 1)  # columns x_c - x_0
-            det = np.linalg.det(J)
-            if np.any(det <= 0):
-                bad = np.unique(np.nonzero(det <= 0)[0])
-                raise MeshError(f"{bad.size} element(s) have non-positive Jacobian (first: {bad[:5].tolist()})")
-            Ji = np.linalg.inv(J)  # rows: grad L_1..L_3
-            self._g = np.concatenate([-Ji.sum(axis=1, keepdims=True), Ji], axis=1)
-            self._vol = det / 6.0
+            self._g, self._vol = elements.barycentric_gradients(self.points, self.cells)
         return self._g, self._vol
 
     def _geometry(self, sl) -> np.ndarray:

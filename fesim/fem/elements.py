@@ -137,15 +137,29 @@ def element_volumes(points, cells) -> np.ndarray:
     return wdet.sum(axis=1)
 
 
-def strains_at(points, cells, u, xi) -> np.ndarray:
-    """Small strains (M, Q, 6) in Voigt order xx, yy, zz, yz, xz, xy (engineering shear).
+def barycentric_gradients(points, cells):
+    """Gradients (M, 4, 3) of the barycentric coordinates L_0..L_3, 1/mm, and volumes (M,), mm^3,
+    of the corner tetrahedra (exact for straight-sided tet4 and tet10).
 
-    ``u`` is the nodal displacement array (N, 3) in mm; ``xi`` the reference points (Q, 3).
+    Raises
+    ------
+    MeshError
+        If any element has a non-positive volume (inverted or degenerate).
     """
-    G, _ = gradients(points, cells, xi)
-    ue = u[cells]  # (M, n, 3)
-    H = np.einsum("mai,mqaj->mqij", ue, G)  # du_i/dx_j
-    eps = np.empty(H.shape[:2] + (6,))
+    X = points[cells[:, :4]]
+    J = (X[:, 1:] - X[:, :1]).transpose(0, 2, 1)  # columns x_c - x_0
+    det = np.linalg.det(J)
+    if np.any(det <= 0):
+        bad = np.unique(np.nonzero(det <= 0)[0])
+        raise MeshError(f"{bad.size} element(s) have non-positive Jacobian (first: {bad[:5].tolist()})")
+    Ji = np.linalg.inv(J)  # rows: grad L_1..L_3
+    return np.concatenate([-Ji.sum(axis=1, keepdims=True), Ji], axis=1), det / 6.0
+
+
+def voigt_strain(H: np.ndarray) -> np.ndarray:
+    """Small strains (..., 6), Voigt order xx, yy, zz, yz, xz, xy (engineering shear), from
+    displacement gradients ``H[..., i, j] = du_i/dx_j``."""
+    eps = np.empty(H.shape[:-2] + (6,))
     eps[..., 0] = H[..., 0, 0]
     eps[..., 1] = H[..., 1, 1]
     eps[..., 2] = H[..., 2, 2]
@@ -153,6 +167,31 @@ def strains_at(points, cells, u, xi) -> np.ndarray:
     eps[..., 4] = H[..., 0, 2] + H[..., 2, 0]
     eps[..., 5] = H[..., 0, 1] + H[..., 1, 0]
     return eps
+
+
+def strains_at(points, cells, u, xi) -> np.ndarray:
+    """Small strains (M, Q, 6) in Voigt order xx, yy, zz, yz, xz, xy (engineering shear).
+
+    ``u`` is the nodal displacement array (N, 3) in mm; ``xi`` the reference points (Q, 3).
+    """
+    G, _ = gradients(points, cells, xi)
+    return voigt_strain(np.einsum("mai,mqaj->mqij", u[cells], G))  # du_i/dx_j
+
+
+def mean_strains_affine(points, cells, u) -> np.ndarray:
+    """Element mean strains (M, 6) of straight-sided tet4/tet10, Voigt, engineering shear.
+
+    With barycentric gradients ``g_c`` the mean of grad N over the element is ``g_a`` for a
+    tet4 vertex, 0 for a tet10 vertex (N = L(2L - 1)) and ``g_a + g_b`` for the tet10 node on
+    edge (a, b) (N = 4 L_a L_b): the volume-weighted mean of the integration points without
+    evaluating them.
+    """
+    g, _ = barycentric_gradients(points, cells)
+    if cells.shape[1] == 4:
+        H = np.einsum("mai,maj->mij", u[cells], g)
+    else:
+        H = np.einsum("mki,mkj->mij", u[cells[:, 4:]], g[:, EDGES[:, 0]] + g[:, EDGES[:, 1]])
+    return voigt_strain(H)
 
 
 def stress_from_strain(eps: np.ndarray, E, nu) -> np.ndarray:

@@ -147,8 +147,7 @@ class _ReducedUpdater:
     pattern entry ``(block, i, j)``, its position in the three data arrays laid end to end
     (by counting when the submatrix keeps its columns in dof order, else by binary search on
     the sorted CSR keys). An update is then one gather and one ``bincount``, O(k + nnz) for
-    k entries; searching per update cost ~2.4 s a secant iteration at 0.4 M unknowns.
-    Memory: one int32 per stored entry (~130 MB at 0.4 M).
+    k entries, with no search. Memory: one int32 per stored entry.
     """
 
     def __init__(self, pattern, mats, row_maps, col_maps):
@@ -308,12 +307,7 @@ class StaticProblem:
         t = time.perf_counter()
         if correction_rtol is not None and x0 is not None and r0 > 0:
             # solve for the correction; its tolerance is relative to its own right-hand side
-            rtol0 = self._solver.rtol
-            self._solver.rtol = max(correction_rtol, 1e-12 / r0)
-            try:
-                du, info = self._solver.solve(res0, x0=None)
-            finally:
-                self._solver.rtol = rtol0
+            du, info = self._solver.solve(res0, rtol=max(correction_rtol, 1e-12 / r0))
             uf = x0 + du
             info.residual *= r0
         else:
@@ -331,13 +325,9 @@ class StaticProblem:
         elif (info.reused_setup and per_decade > 1.5 * self._ref_per_decade
               and info.iterations > 0.25 * self._first_iters):
             # The reused preconditioner has gone stale (CG converges 1.5x slower than with
-            # a fresh one) and this solve took more than a quarter of the iterations of the
-            # first, cold one (a p-multigrid set-up costs about half a cold solve; measured on
-            # the phantom pullout: 3 rebuilds, 62 s, against none and 81-85 s at one half):
-            # rebuild it for the next solve.
-            # Iteration counts, not timings, decide, so that results repeat exactly.
-            # (Comparing solve time with the set-up alone rebuilt the p-multigrid hierarchy
-            # at nearly every secant iteration without lowering the iteration count.)
+            # a fresh one) and this solve took more than a quarter of the cold solve's
+            # iterations (a p-multigrid set-up costs about half a cold solve): rebuild it for
+            # the next solve. Iteration counts, not timings, decide, so results repeat exactly.
             t = time.perf_counter()
             self._solver.update(self.K_ff, reuse=False)
             self._ref_per_decade = None

@@ -45,50 +45,24 @@ def principal_strains(eps: np.ndarray) -> np.ndarray:
     return np.linalg.eigvalsh(voigt_to_tensor(eps, engineering=True))
 
 
-def mean_strains_affine(points, cells, u) -> np.ndarray:
-    """Element mean strains (M, 6) of straight-sided tet4/tet10, Voigt, engineering shear.
-
-    With barycentric gradients ``g_c`` the mean of grad N over the element is ``g_a`` for a
-    tet4 vertex, 0 for a tet10 vertex (N = L(2L - 1)) and ``g_a + g_b`` for the tet10 node on
-    edge (a, b) (N = 4 L_a L_b), so the mean strain needs no quadrature: the same value as
-    the volume-weighted mean of the 4 integration points, at a fraction of the cost.
-    """
-    X = points[cells[:, :4]]
-    D = np.transpose(X[:, 1:] - X[:, :1], (0, 2, 1))  # columns X_k - X_0
-    gk = np.linalg.inv(D)  # rows: grad L_1..3
-    g = np.concatenate([-gk.sum(axis=1, keepdims=True), gk], axis=1)  # (M, 4, 3)
-    if cells.shape[1] == 4:
-        H = np.einsum("mai,maj->mij", u[cells], g)
-    else:
-        e = elements.EDGES
-        H = np.einsum("mki,mkj->mij", u[cells[:, 4:]], g[:, e[:, 0]] + g[:, e[:, 1]])
-    eps = np.empty((len(cells), 6))
-    eps[:, 0], eps[:, 1], eps[:, 2] = H[:, 0, 0], H[:, 1, 1], H[:, 2, 2]
-    eps[:, 3] = H[:, 1, 2] + H[:, 2, 1]
-    eps[:, 4] = H[:, 0, 2] + H[:, 2, 0]
-    eps[:, 5] = H[:, 0, 1] + H[:, 1, 0]
-    return eps
-
-
 def element_fields(points, cells, u, E, nu, per_point: bool = False, affine: bool | None = None) -> ElementFields:
     """Strain and stress measures per element (or per integration point for tet10).
 
     ``affine``: whether all elements are straight-sided (checked when None); per-element
-    means then come from :func:`mean_strains_affine`.
+    means then come from :func:`fesim.fem.elements.mean_strains_affine`, without quadrature.
     """
+    E = np.asarray(E, dtype=float)
+    nu = np.asarray(nu, dtype=float)
     if not per_point and (affine if affine is not None else is_affine(points, cells)):
-        eps = mean_strains_affine(points, cells, u)
-        sig = elements.stress_from_strain(eps, np.asarray(E, dtype=float), np.asarray(nu, dtype=float))
-        sed = 0.5 * (eps * sig).sum(axis=-1)
-        return ElementFields(eps, sig, von_mises(sig), principal_strains(eps), sed)
-    xi, w = elements.quadrature(cells.shape[1])
-    eps = elements.strains_at(points, cells, u, xi)  # (M, Q, 6)
-    E = np.asarray(E, dtype=float)[:, None]
-    nu = np.asarray(nu, dtype=float)[:, None]
-    sig = elements.stress_from_strain(eps, E, nu)
-    if not per_point:
-        wq = w / w.sum()
-        eps = np.einsum("mqc,q->mc", eps, wq)
-        sig = np.einsum("mqc,q->mc", sig, wq)
+        eps = elements.mean_strains_affine(points, cells, u)
+        sig = elements.stress_from_strain(eps, E, nu)
+    else:
+        xi, w = elements.quadrature(cells.shape[1])
+        eps = elements.strains_at(points, cells, u, xi)  # (M, Q, 6)
+        sig = elements.stress_from_strain(eps, E[..., None], nu[..., None])
+        if not per_point:
+            wq = w / w.sum()
+            eps = np.einsum("mqc,q->mc", eps, wq)
+            sig = np.einsum("mqc,q->mc", sig, wq)
     sed = 0.5 * (eps * sig).sum(axis=-1)
     return ElementFields(eps, sig, von_mises(sig), principal_strains(eps), sed)

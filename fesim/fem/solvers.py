@@ -56,7 +56,7 @@ class SolveInfo:
 
 
 class LinearSolver:
-    """Base class. Subclasses implement ``_setup(A)`` and ``_solve(b, x0)``."""
+    """Base class. Subclasses implement ``_setup(A, reuse)`` and ``_solve(b, x0, rtol)``."""
 
     name = "base"
     needs_coords = False
@@ -81,10 +81,13 @@ class LinearSolver:
         self.setup_s = time.perf_counter() - t
         self._setup_count += 1
 
-    def solve(self, b, x0=None):
-        """Solve ``A x = b``; returns ``(x, SolveInfo)``; raises :class:`SolverError`."""
+    def solve(self, b, x0=None, rtol: float | None = None):
+        """Solve ``A x = b``; returns ``(x, SolveInfo)``; raises :class:`SolverError`.
+
+        ``rtol`` overrides the solver's relative tolerance for this solve only.
+        """
         t = time.perf_counter()
-        x, it = self._solve(np.asarray(b, dtype=float), x0)
+        x, it = self._solve(np.asarray(b, dtype=float), x0, self.rtol if rtol is None else rtol)
         dt = time.perf_counter() - t
         if not np.all(np.isfinite(x)):
             raise SolverError(f"{self.name} solver produced non-finite values (singular system?)")
@@ -117,7 +120,7 @@ class DirectSolver(LinearSolver):
         except RuntimeError as exc:  # "Factor is exactly singular"
             raise SolverError(f"direct solver: matrix is singular ({exc}); is the model held?") from exc
 
-    def _solve(self, b, x0):
+    def _solve(self, b, x0, rtol):
         if not self._reused:
             return self._lu.solve(b), 1
         n = self.A.shape[0]
@@ -127,7 +130,7 @@ class DirectSolver(LinearSolver):
         def cb(xk):
             it[0] += 1
 
-        x, info = spla.cg(self.A, b, x0=x0, rtol=self.rtol, atol=0.0, maxiter=self.max_reuse_iter,
+        x, info = spla.cg(self.A, b, x0=x0, rtol=rtol, atol=0.0, maxiter=self.max_reuse_iter,
                           M=M, callback=cb)
         if info != 0:  # old factors no longer a good preconditioner: factorise this matrix
             self._setup(self.A, reuse=False)
@@ -154,7 +157,7 @@ class CholmodSolver(LinearSolver):
         except CholmodNotPositiveDefiniteError as exc:
             raise SolverError(f"cholmod: matrix not positive definite ({exc})") from exc
 
-    def _solve(self, b, x0):
+    def _solve(self, b, x0, rtol):
         return self._factor(b), 1
 
 
@@ -174,7 +177,7 @@ class PardisoSolver(LinearSolver):
         self._A_upper = sp.triu(A, format="csr")
         self._ps.factorize(self._A_upper)
 
-    def _solve(self, b, x0):
+    def _solve(self, b, x0, rtol):
         return self._ps.solve(self._A_upper, b), 1
 
 
@@ -204,16 +207,16 @@ class AMGSolver(LinearSolver):
         )
         self._M = self._ml.aspreconditioner(cycle="V")
 
-    def _solve(self, b, x0):
+    def _solve(self, b, x0, rtol):
         it = [0]
 
         def cb(xk):
             it[0] += 1
 
-        x, info = spla.cg(self.A, b, x0=x0, rtol=self.rtol, atol=0.0, maxiter=self.maxiter,
+        x, info = spla.cg(self.A, b, x0=x0, rtol=rtol, atol=0.0, maxiter=self.maxiter,
                           M=self._M, callback=cb)
         if info != 0:
-            raise SolverError(f"AMG-CG did not converge to {self.rtol:g} in {it[0]} iterations"
+            raise SolverError(f"AMG-CG did not converge to {rtol:g} in {it[0]} iterations"
                               " (ill-conditioned or singular model)")
         return x, it[0]
 
@@ -401,14 +404,14 @@ class PMultigridSolver(LinearSolver):
         x += self._smooth(r)
         return x.astype(np.float64)
 
-    def _solve(self, b, x0):
+    def _solve(self, b, x0, rtol):
         it = [0]
 
         def cb(xk):
             it[0] += 1
 
-        x, info = spla.cg(self.A, b, x0=x0, rtol=self.rtol, atol=0.0, maxiter=self.maxiter,
+        x, info = spla.cg(self.A, b, x0=x0, rtol=rtol, atol=0.0, maxiter=self.maxiter,
                           M=self._prec, callback=cb)
         if info != 0:
-            raise SolverError(f"p-multigrid CG did not converge to {self.rtol:g} in {it[0]} iterations")
+            raise SolverError(f"p-multigrid CG did not converge to {rtol:g} in {it[0]} iterations")
         return x, it[0]

@@ -9,6 +9,8 @@ import numpy as np
 #: Titanium alloy screw material (domain.md section 3): E in MPa, Poisson's ratio.
 TITANIUM_E_MPA = 110_000.0
 TITANIUM_NU = 0.3
+#: Screw tip shapes (:attr:`ScrewPlan.tip_shape`).
+TIP_SHAPES = ("round", "flat")
 
 
 @dataclass
@@ -56,8 +58,8 @@ class ScrewPlan:
         self.direction = d / n
         if self.length_mm <= 0 or self.diameter_mm <= 0:
             raise ValueError("screw length and diameter must be positive")
-        if self.tip_shape not in ("round", "flat"):
-            raise ValueError(f"screw tip_shape must be 'round' or 'flat', got {self.tip_shape!r}")
+        if self.tip_shape not in TIP_SHAPES:
+            raise ValueError(f"screw tip_shape must be one of {TIP_SHAPES}, got {self.tip_shape!r}")
         if self.tip_shape == "round" and self.length_mm < self.radius_mm:
             raise ValueError("a round-tipped screw must be at least as long as its radius")
 
