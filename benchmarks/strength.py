@@ -33,14 +33,12 @@ def build(mesh_size, screw_size, order):
     ph = make_phantom(PhantomSpec(seed=0, density_scale=0.65))
     mask = ph.labels.with_data((ph.labels.data == 1).astype(np.uint8))
     regions = subregions(mask)
-    frame = regions.meta["frame"]
     screws = plan_screws(mask, regions=regions)
     mesh = mesh_vertebra(mask, screws, size_mm=mesh_size, screw_size_mm=screw_size)
     if order == 2:
         mesh = to_quadratic(mesh)
     mat = element_materials(mesh, map_bmd(mesh, ph.bmd, mask), ash_method="identity")
-    bf = BodyFrame(frame["body_center"], frame["body_axis"],
-                   0.5 * min(frame["body_width_mm"], frame["body_depth_mm"]))
+    bf = BodyFrame.from_regions(regions)
     cases = [compression_case(mesh, bf)] + [pullout_case(mesh, s, i, bf) for i, s in enumerate(screws)]
     return mesh, mat, cases
 

@@ -305,8 +305,7 @@ def _run(scan, out_dir, opts: RunOptions) -> dict:
         elem_bmd = map_bmd(mesh, bmd, mask)
         mat = element_materials(mesh, elem_bmd, law=opts.law, nu_bone=opts.nu_bone,
                                    ash_method=opts.ash_conversion)
-    radius = 0.5 * min(frame["body_width_mm"], frame["body_depth_mm"])
-    bframe = BodyFrame(frame["body_center"], frame["body_axis"], radius)
+    bframe = BodyFrame.from_regions(regions)
     cases = [compression_case(mesh, bframe)]
     cases += [pullout_case(mesh, s, i, bframe) for i, s in enumerate(screws)]
     from .fem.assembly import Assembler
@@ -321,7 +320,7 @@ def _run(scan, out_dir, opts: RunOptions) -> dict:
                                **ACCURACY[opts.strength_accuracy])
         analyses[case.name] = res
         with T("write"):
-            write_case_outputs(out, mesh, mat, elem_bmd, res, vtk=opts.write_vtk)
+            write_case_outputs(out, mesh, mat, elem_bmd, res, vtk=opts.write_vtk, case=case, frame=bframe)
 
     with T("write"):
         export_models(out, mesh, mat, cases, opts.export)
@@ -330,6 +329,7 @@ def _run(scan, out_dir, opts: RunOptions) -> dict:
         return r.strength_N if opts.strength == "nonlinear" else r.surrogate_strength_N
 
     comp = analyses["compression"]
+    case_audit = {c.name: c.audit for c in cases}
     pulls = [analyses[c.name] for c in cases[1:]]
     result = {
         "scan_id": hu.meta.get("pseudonym") or hu.meta.get("series_key"),
@@ -351,7 +351,8 @@ def _run(scan, out_dir, opts: RunOptions) -> dict:
         "mesh_quality": quality,
         "material_law": opts.law,
         "ash_conversion": opts.ash_conversion,
-        "analyses": {name: {**r.summary(), "strength_criterion": r.criterion}
+        "analyses": {name: {**r.summary(), "strength_criterion": r.criterion,
+                            "boundary_conditions": case_audit[name]}
                      for name, r in analyses.items()},
         "options": asdict(opts),
     }

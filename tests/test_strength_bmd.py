@@ -17,11 +17,9 @@ def test_strength_rises_with_bmd():
     ph = make_phantom(PhantomSpec(seed=1, density_scale=0.65))
     mask = ph.labels.with_data((ph.labels.data == 1).astype(np.uint8))
     regions = subregions(mask)
-    frame = regions.meta["frame"]
     screws = plan_screws(mask, regions=regions, sides=("left",))
     mesh = mesh_vertebra(mask, screws, size_mm=3.0, screw_size_mm=1.5)
-    bf = BodyFrame(frame["body_center"], frame["body_axis"],
-                   0.5 * min(frame["body_width_mm"], frame["body_depth_mm"]))
+    bf = BodyFrame.from_regions(regions)
     cases = [compression_case(mesh, bf), pullout_case(mesh, screws[0], 0, bf)]
     base = map_bmd(mesh, ph.bmd, mask)
     out = {c.name: [] for c in cases}

@@ -1,15 +1,19 @@
 """Boundary conditions of the two load cases, as CT-based screw and vertebra studies set them.
 
+Where the vertebra is held and driven is found from anatomy (:mod:`fesim.analysis.supports`):
+the parts of the vertebral body's surface visible along the body axis from above and below,
+within the body's footprint and a band at each end, never side walls or posterior elements;
+with end caps, the caps' outer faces only.
+
 Pullout
-    The vertebral body is held at both endplates (all components fixed on the endplate node
-    slabs), far from the screw entry: clamping near the entry hole makes the pullout force
-    mesh-dependent (a stress singularity where the support meets the bonded interface,
-    domain.md section 8). The screw head (screw nodes within ``head_mm`` of the entry) is
-    displaced along the screw axis, outwards, with its lateral motion held as by a test
-    machine's grip.
+    The vertebral body is held at both endplates (or cap faces), all components, far from the
+    screw entry: clamping near the entry hole makes the pullout force mesh-dependent (a
+    stress singularity where the support meets the bonded interface). The screw head (screw
+    nodes within ``head_mm`` of the entry) is displaced along the screw axis, outwards, with
+    its lateral motion held as by a test machine's grip.
 
 Compression
-    The lower endplate slab is fixed, the upper endplate slab is displaced along the body axis
+    The lower endplate (cap face) is fixed, the upper one is displaced along the body axis
     (inferiorly), lateral motion held: rigid, bonded platens as in PMMA-embedded tests.
 """
 
@@ -21,7 +25,9 @@ import numpy as np
 
 from ..errors import ModelError
 from ..imaging.screwplan import ScrewPlan
-from ..mesh.tetmesh import REGION_CAP_LOWER, TetMesh
+from ..mesh.tetmesh import REGION_BONE, REGION_CAP_LOWER, REGION_CAP_UPPER, TetMesh
+from .supports import (DEFAULT_BAND_MM, EndplateSupports, Footprint, body_footprint, endplate_supports,
+                       footprint_from_points, nearest_region_codes)
 
 
 @dataclass
@@ -40,6 +46,8 @@ class LoadCase:
     fixed_components: tuple = (0, 1, 2)
     driven_components: tuple = (0, 1, 2)
     extra_fixed: list = field(default_factory=list)  # [(nodes, components), ...]
+    #: where the model is held and driven: set name -> dict (n_nodes, area_mm2, axial extent...)
+    audit: dict = field(default_factory=dict)
 
     def apply(self, model, delta: float = 1.0):
         """Put this case's constraints on ``model`` for an applied displacement ``delta`` (mm)."""
@@ -53,16 +61,69 @@ class LoadCase:
 
 @dataclass
 class BodyFrame:
-    """Vertebral-body axis (LPS): centre (mm), unit superior axis, body radius (mm)."""
+    """Vertebral-body frame (LPS mm) and what the supports are sought from.
+
+    Attributes
+    ----------
+    center : (3,) body centre, mm
+    axis : (3,) unit inferior -> superior body axis
+    radius_mm : half the smaller of the body's width and depth (used when no footprint)
+    ml_axis, ap_axis : (3,) unit right -> left and posterior -> anterior axes (optional)
+    footprint : :class:`~fesim.analysis.supports.Footprint` of the body along the axis
+    height_mm : body height along the axis (plausibility of the supports)
+    regions : imaging sub-region map; surface points nearest to posterior-element voxels
+        (codes 3-5) never support
+    band_mm : depth of the endplate band (:data:`fesim.analysis.supports.DEFAULT_BAND_MM`)
+    """
 
     center: np.ndarray
     axis: np.ndarray
     radius_mm: float
+    ml_axis: np.ndarray | None = None
+    ap_axis: np.ndarray | None = None
+    footprint: object | None = None
+    height_mm: float | None = None
+    regions: object | None = field(default=None, repr=False)
+    band_mm: float = DEFAULT_BAND_MM
+    _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         self.center = np.asarray(self.center, dtype=float)
         a = np.asarray(self.axis, dtype=float)
         self.axis = a / np.linalg.norm(a)
+        if self.ml_axis is None or self.ap_axis is None:
+            helper = np.eye(3)[int(np.argmin(np.abs(self.axis)))]
+            ml = np.cross(self.axis, helper)
+            self.ml_axis = ml / np.linalg.norm(ml)
+            self.ap_axis = np.cross(self.ml_axis, self.axis)
+        self.ml_axis = np.asarray(self.ml_axis, float)
+        self.ap_axis = np.asarray(self.ap_axis, float)
+        if self.footprint is None:  # a disc of the body radius
+            cell = max(self.radius_mm / 40.0, 0.25)
+            g = np.arange(-self.radius_mm, self.radius_mm + cell, cell)
+            U, V = np.meshgrid(g, g, indexing="ij")
+            self.footprint = Footprint(np.array([g[0], g[0]]), cell, U ** 2 + V ** 2 <= self.radius_mm ** 2)
+
+    @classmethod
+    def from_regions(cls, regions, band_mm: float = DEFAULT_BAND_MM) -> "BodyFrame":
+        """The frame of :func:`fesim.imaging.segmentation.subregions`' map, with its body footprint."""
+        f = regions.meta["frame"]
+        return cls(f["body_center"], f["body_axis"], 0.5 * min(f["body_width_mm"], f["body_depth_mm"]),
+                   ml_axis=f["ml_axis"], ap_axis=f["ap_axis"], footprint=body_footprint(regions, f),
+                   height_mm=f.get("body_height_mm"), regions=regions, band_mm=band_mm)
+
+    def as_dict(self) -> dict:
+        return {"body_center": self.center, "body_axis": self.axis, "ml_axis": self.ml_axis,
+                "ap_axis": self.ap_axis, "body_height_mm": self.height_mm}
+
+    def supports(self, mesh) -> EndplateSupports:
+        """Lower and upper support sets of ``mesh`` (cached per mesh): cap faces when the mesh
+        has end caps, else the endplates."""
+        key = id(mesh)
+        if key not in self._cache:
+            self._cache.clear()
+            self._cache[key] = (mesh, find_supports(mesh, self))
+        return self._cache[key][1]
 
 
 def boundary_faces(mesh: TetMesh) -> tuple[np.ndarray, np.ndarray]:
@@ -77,32 +138,37 @@ def boundary_faces(mesh: TetMesh) -> tuple[np.ndarray, np.ndarray]:
     return faces[once], owner[once]
 
 
-def endplate_nodes(mesh: TetMesh, frame: BodyFrame, min_cos: float = 0.7):
-    """Nodes of the outer surface facing along the body axis: the lower and upper endplates.
+def find_supports(mesh: TetMesh, frame: BodyFrame) -> EndplateSupports:
+    """Support node sets of ``mesh`` from anatomy (:func:`fesim.analysis.supports.endplate_supports`).
 
-    Boundary faces of bone (or end-cap) elements whose outward normal is within ~45 degrees
-    (``min_cos``) of the body axis (upper) or its opposite (lower), on the corresponding side
-    of the body centre and within ``frame.radius_mm`` of the axis. A surface criterion, not a
-    slab of given depth, so the supported region does not change with element size.
-    Returns ``(lower, upper)`` node id arrays.
+    With end caps in the mesh (regions 20 and 21) the sets lie on the caps' outer faces and
+    never on bone; otherwise on the endplates of the vertebral body: bone faces whose nearest
+    imaging voxel is body, not posterior elements.
     """
     faces, owner = boundary_faces(mesh)
-    keep = mesh.is_bone()[owner] | (mesh.region[owner] >= REGION_CAP_LOWER)
-    faces = faces[keep]
-    p = mesh.points
-    a, b, c = p[faces[:, 0]], p[faces[:, 1]], p[faces[:, 2]]
-    n = np.cross(b - a, c - a)  # outward for the local face orders above
-    n /= np.linalg.norm(n, axis=1, keepdims=True)
-    rel = (a + b + c) / 3.0 - frame.center
-    s = rel @ frame.axis
-    radial = np.linalg.norm(rel - s[:, None] * frame.axis, axis=1)
-    cosn = n @ frame.axis
-    inside = radial <= frame.radius_mm
-    upper = np.unique(faces[inside & (s > 0) & (cosn >= min_cos)])
-    lower = np.unique(faces[inside & (s < 0) & (cosn <= -min_cos)])
-    if lower.size < 3 or upper.size < 3:
-        raise ModelError("endplates not found: no bone surface faces the body axis within the body radius")
-    return lower, upper
+    kind = mesh.region[owner].astype(np.int64)
+    caps = bool(np.any(kind == REGION_CAP_LOWER)) and bool(np.any(kind == REGION_CAP_UPPER))
+    if not caps and frame.regions is not None:
+        node_code = nearest_region_codes(frame.regions, mesh.points)
+        posterior = np.any(node_code[faces] >= 3, axis=1)
+        kind[posterior & (kind == REGION_BONE)] = 0  # never supports, still hides
+    cap_fps = None
+    if caps:
+        rel = mesh.points - frame.center
+        uv = np.column_stack([rel @ frame.ml_axis, rel @ frame.ap_axis])
+        cap_fps = []
+        for code in (REGION_CAP_LOWER, REGION_CAP_UPPER):
+            nodes = mesh.nodes_of(mesh.region == code)
+            cap_fps.append(footprint_from_points(uv[nodes], frame.footprint.cell_mm))
+    bone_nodes = mesh.nodes_of(mesh.region == REGION_BONE) if caps else None
+    return endplate_supports(mesh.points, faces, kind, {**frame.as_dict()}, frame.footprint, caps=caps,
+                             cap_footprints=cap_fps, band_mm=frame.band_mm, bone_nodes=bone_nodes)
+
+
+def endplate_nodes(mesh: TetMesh, frame: BodyFrame):
+    """``(lower, upper)`` support node ids of :func:`find_supports`."""
+    sup = frame.supports(mesh)
+    return sup.lower, sup.upper
 
 
 def screw_head_nodes(mesh: TetMesh, screw: ScrewPlan, s: int, head_mm: float | None = None) -> np.ndarray:
@@ -130,13 +196,24 @@ def screw_head_nodes(mesh: TetMesh, screw: ScrewPlan, s: int, head_mm: float | N
     return head
 
 
+def _head_audit(mesh: TetMesh, head: np.ndarray, screw: ScrewPlan) -> dict:
+    t = (mesh.points[head] - screw.entry) @ screw.direction
+    return {"n_nodes": int(head.size), "on": f"screw {screw.side} head",
+            "extent_along_screw_mm": float(np.ptp(t)) if head.size else 0.0}
+
+
 def pullout_case(mesh: TetMesh, screw: ScrewPlan, s: int, frame: BodyFrame) -> LoadCase:
-    lower, upper = endplate_nodes(mesh, frame)
+    """Screw ``s`` pulled out along its axis; the body held at both endplates (or caps)."""
+    sup = frame.supports(mesh)
     head = screw_head_nodes(mesh, screw, s)
-    fixed = np.setdiff1d(np.union1d(lower, upper), mesh.nodes_of(mesh.is_screw()))
-    return LoadCase(f"pullout_{screw.side}", fixed, head, -screw.direction, screw=s)
+    fixed = np.setdiff1d(np.union1d(sup.lower, sup.upper), mesh.nodes_of(mesh.is_screw()))
+    audit = {"fixed_lower": sup.audit["lower"].to_dict(), "fixed_upper": sup.audit["upper"].to_dict(),
+             "driven": _head_audit(mesh, head, screw)}
+    return LoadCase(f"pullout_{screw.side}", fixed, head, -screw.direction, screw=s, audit=audit)
 
 
 def compression_case(mesh: TetMesh, frame: BodyFrame) -> LoadCase:
-    lower, upper = endplate_nodes(mesh, frame)
-    return LoadCase("compression", lower, upper, -frame.axis)
+    """Upper endplate (cap face) driven along the body axis, lower one held."""
+    sup = frame.supports(mesh)
+    audit = {"fixed": sup.audit["lower"].to_dict(), "driven": sup.audit["upper"].to_dict()}
+    return LoadCase("compression", sup.lower, sup.upper, -frame.axis, audit=audit)

@@ -293,6 +293,38 @@ def _points(image: Volume, mask: np.ndarray) -> np.ndarray:
     return image.index_to_world(np.argwhere(mask))
 
 
+
+def _least_height_axis(q: np.ndarray, ap: np.ndarray) -> np.ndarray:
+    """Body axis: the direction of least extent of the body core ``q`` (points about its centre).
+
+    The posterior elements' centroid is rarely level with the body (the arch and spinous
+    process slope caudally), so the body-to-arch vector ``ap`` tilts in the sagittal plane
+    and cannot be taken as perpendicular to the axis. Only the sagittal plane is taken from
+    it: the medio-lateral direction is the core's widest direction across ``ap`` (a lumbar
+    body is wider than it is high or deep). Within the sagittal plane the axis is the
+    direction, within 45 degrees of the perpendicular to ``ap``, along which the core's
+    extent (1st-99th percentile) is least: a caliper normal to the endplates, whatever the
+    arch does. Oriented towards LPS +z.
+    """
+    basis = np.linalg.svd(np.eye(3) - np.outer(ap, ap))[0][:, :2]
+    w, v = np.linalg.eigh(np.cov((q @ basis).T))
+    ml = _unit(basis @ v[:, 1])
+    e_ap = _unit(ap - (ap @ ml) * ml)
+    e_ax = np.cross(ml, e_ap)
+
+    def extent(theta):
+        a = np.cos(theta) * e_ax + np.sin(theta) * e_ap
+        lo, hi = np.percentile(q @ a, [1.0, 99.0])
+        return hi - lo
+
+    thetas = np.radians(np.arange(-45.0, 45.01, 1.0))
+    ext = np.array([extent(th) for th in thetas])
+    th = float(thetas[int(np.argmin(ext))])
+    for step in np.radians([0.5, 0.25, 0.125]):
+        th = min((th - step, th, th + step), key=extent)
+    axis = _unit(np.cos(th) * e_ax + np.sin(th) * e_ap)
+    return -axis if axis[2] < 0 else axis
+
 def _body_and_frame(mask: Volume, body_axis=None):
     """Vertebral body (bool array) and frame dict of a vertebra mask."""
     m = mask.data > 0
@@ -315,22 +347,11 @@ def _body_and_frame(mask: Volume, body_axis=None):
     centre = core_pts.mean(axis=0)
     near_core = ndi.distance_transform_edt(~core, sampling=h) <= radius + h.max()
     post = m & ~near_core
-    if body_axis is not None:
-        axis = _unit(body_axis)
-    else:
-        axis = None
     if post.sum() > 0.01 * m.sum():
         ap = centre - _points(mask, post).mean(axis=0)
     else:  # no posterior elements (body-only mask): assume an axial scan, LPS -y anterior
         ap = np.array([0.0, -1.0, 0.0])
-    if axis is None:
-        ap_u = _unit(ap)
-        q = core_pts - centre
-        basis = np.linalg.svd(np.eye(3) - np.outer(ap_u, ap_u))[0][:, :2]
-        w, v = np.linalg.eigh(np.cov((q @ basis).T))
-        axis = _unit(basis @ v[:, 0])
-        if axis[2] < 0:
-            axis = -axis
+    axis = _unit(body_axis) if body_axis is not None else _least_height_axis(core_pts - centre, _unit(ap))
     ap = _unit(ap - (ap @ axis) * axis)
     ml = np.cross(axis, ap)  # points to the patient's left when ap points anterior
 
