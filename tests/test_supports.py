@@ -3,10 +3,10 @@
 What is asserted, for compression (driven and held sets) and hence pullout (held sets):
 * every node is on the mesh surface;
 * without caps, every node is nearest to vertebral-body voxels (sub-regions 1, 2), never to
-  posterior elements, and lies within BAND + a voxel of its end of the body *in its own
-  column along the body axis* (the body's extent there, from the image);
-* with caps, no node belongs to a bone element and every node is within BAND + a voxel of the
-  cap's outer end in its column;
+  posterior elements, lies in the outer 30 % of the body's height at its end, and the set's
+  end plane (fitted to the visible surface) is within BAND of the body's end level;
+* with caps, no node belongs to a bone element and every node lies beyond the body's end;
+* the set is no thicker along the axis than twice its band plus its plane's tilt;
 * the audit reports areas covering at least 40 % of the footprint and axial extents under 40 %
   of the body height.
 """
