@@ -22,12 +22,21 @@ def _axial_coords(mask: Volume, frame: dict):
     return rel @ np.asarray(frame["ml_axis"]), rel @ np.asarray(frame["ap_axis"]), rel @ np.asarray(frame["body_axis"])
 
 
-def generated_caps(mask: Volume, body: np.ndarray, frame: dict, thickness_mm: float = 5.0):
+#: Cap shapes: ``flat`` fills up to a plane (a platen's embedding), ``extruded`` is the endplate
+#: surface extruded along the axis (the "jelly bean" disks of the published spine benchmark).
+CAP_SHAPES = ("flat", "extruded")
+
+
+def generated_caps(mask: Volume, body: np.ndarray, frame: dict, thickness_mm: float = 5.0,
+                   shape: str = "flat"):
     """Masks of a lower and an upper cap of ``thickness_mm`` beyond each endplate.
 
-    A cap fills, within the body's footprint across the body axis, everything between the
-    endplate surface (concavities included) and a plane ``thickness_mm`` beyond the
-    endplate level, that is not vertebra. Returns ``(lower, upper)`` uint8 Volumes.
+    ``flat``: a cap fills, within the body's footprint across the body axis, everything
+    between the endplate surface (concavities included) and a plane ``thickness_mm`` beyond
+    the endplate level, that is not vertebra. ``extruded``: in each column of the footprint
+    along the body axis, the ``thickness_mm`` beyond the vertebra's last voxel (the endplate
+    surface moved outwards along the axis, as Walle et al. 2025 build their PMMA disks).
+    Returns ``(lower, upper)`` uint8 Volumes.
 
     Raises
     ------
@@ -36,6 +45,8 @@ def generated_caps(mask: Volume, body: np.ndarray, frame: dict, thickness_mm: fl
     """
     if thickness_mm <= 0:
         raise SegmentationError("cap thickness must be positive")
+    if shape not in CAP_SHAPES:
+        raise SegmentationError(f"cap shape must be one of {', '.join(CAP_SHAPES)}, not {shape!r}")
     u, v, w = _axial_coords(mask, frame)
     bu, bv = u[body.ravel()], v[body.ravel()]
     cell = float(mask.spacing.min())
@@ -56,8 +67,14 @@ def generated_caps(mask: Volume, body: np.ndarray, frame: dict, thickness_mm: fl
         raise SegmentationError(f"the image does not extend {thickness_mm:g} mm beyond the endplates "
                                 "for the end caps")
     mid = 0.5 * (up + low)
-    upper = in_foot & ~vert & (w > mid) & (w <= up + thickness_mm)
-    lower = in_foot & ~vert & (w < mid) & (w >= low - thickness_mm)
+    if shape == "extruded":
+        top, bottom = _column_ends(iu, iv, inside & in_foot & vert, w, shape)
+        col = np.where(inside, iu * shape[1] + iv, 0)
+        upper = in_foot & ~vert & (w > mid) & (w > top[col]) & (w <= top[col] + thickness_mm)
+        lower = in_foot & ~vert & (w < mid) & (w < bottom[col]) & (w >= bottom[col] - thickness_mm)
+    else:
+        upper = in_foot & ~vert & (w > mid) & (w <= up + thickness_mm)
+        lower = in_foot & ~vert & (w < mid) & (w >= low - thickness_mm)
     # keep only the layers connected to the endplates (not marrow spaces or canal pieces)
     out = []
     for m in (lower, upper):
@@ -67,6 +84,23 @@ def generated_caps(mask: Volume, body: np.ndarray, frame: dict, thickness_mm: fl
             arr = lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1)
         out.append(mask.with_data(arr.astype(np.uint8), kind="cap"))
     return out[0], out[1]
+
+
+def _column_ends(iu, iv, sel, w, shape):
+    """Highest and lowest axial coordinate of the selected voxels per footprint column; columns
+    without any take their nearest neighbour's (so the footprint's filled holes are capped)."""
+    n = int(shape[0] * shape[1])
+    col = iu[sel] * shape[1] + iv[sel]
+    top = np.full(n, -np.inf)
+    bottom = np.full(n, np.inf)
+    np.maximum.at(top, col, w[sel])
+    np.minimum.at(bottom, col, w[sel])
+    have = np.isfinite(top).reshape(shape)
+    if not have.any():
+        raise SegmentationError("no vertebra voxel in the body's footprint: cannot build the caps")
+    _, idx = ndi.distance_transform_edt(~have, return_indices=True)
+    near = (idx[0] * shape[1] + idx[1]).ravel()
+    return top[near], bottom[near]
 
 
 def caps_from_labels(labels: Volume, values, mask: Volume, frame: dict):
