@@ -436,10 +436,6 @@ def _best_screw(sdf: Volume, regions: Volume, passes, dirs, devs, side, trajecto
     score = -np.minimum(wall, 2.0)
     best = int(np.lexsort((score, np.round(devs / 2.0), -np.floor(got / 5.0), ~ok))[0])
     narrow = _narrow_pedicle(sdf, regions, code, side, diameter, slack)
-    if not ok[best]:
-        why = narrow or f"best line {-wall[best]:.1f} mm into the pedicle wall"
-        warnings.warn(f"no {trajectory} {side} screw of {diameter:g} mm fits the pedicle without "
-                      f"breaching it ({why}); using the best line", stacklevel=3)
     use = float(min(length, max(avail[best], 0.0)))
     if use < length - 1e-6:
         k = min(int(round((t_front[best] - ts[i0]) / step)) + 1, front.shape[1] - 1)
@@ -452,6 +448,10 @@ def _best_screw(sdf: Volume, regions: Volume, passes, dirs, devs, side, trajecto
                                  f"{most}: {why}")
         warnings.warn(f"{side} {trajectory} screw shortened from {length:g} to {use:.1f} mm: {why}",
                       stacklevel=3)
+    if not ok[best]:
+        why = narrow or f"best line {-wall[best]:.1f} mm into the pedicle wall"
+        warnings.warn(f"no {trajectory} {side} screw of {diameter:g} mm fits the pedicle without "
+                      f"breaching it ({why}); using the best line", stacklevel=3)
     if devs[best] > 2.0 and trajectory == "cortical":
         warnings.warn(f"{side} cortical trajectory tilted {devs[best]:.0f} deg from the nominal "
                       f"{CBT_LATERAL_DEG:g} deg lateral / {CBT_CRANIAL_DEG:g} deg cranial to stay in "
@@ -497,8 +497,8 @@ def _front_limit(sdf: Volume, regions: Volume, frame: dict, side: str, p, d, t_e
     if got <= 1.0:
         return f"no line through the pedicle keeps the screw inside the bone (nearest: the {face})"
     if breach:
-        return f"beyond {got:.0f} mm it would breach the {face}"
-    return f"beyond {got:.0f} mm its tip would come within {tip_margin:g} mm of the {face}"
+        return f"beyond {got:.1f} mm it would breach the {face}"
+    return f"beyond {got:.1f} mm its tip would come within {tip_margin:g} mm of the {face}"
 
 
 def _rotate(v, axis, angle):
