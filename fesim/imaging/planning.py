@@ -21,7 +21,10 @@ voxels in 20 deg cones around the pedicle axis and around the isthmus -> body-ce
 direction, so a poorly estimated pedicle axis (coarse or real images) does not stop
 planning; lines near the nominal one win among equally long, breach-free screws. The
 tip stays at least ``tip_margin_mm`` inside the anterior or endplate cortex; a screw that
-cannot reach its nominal length is shortened with a warning.
+cannot reach its nominal length is shortened with a one-line warning naming what limits it
+(a pedicle narrower than the screw, the wall it would breach, or the cortex/endplate its tip
+reaches), and the same reason ends the ScrewPlanError when less than half the length fits.
+Traditional lines are kept within 35 deg medial convergence and 15 deg cranial/caudal tilt.
 """
 
 from __future__ import annotations
@@ -217,7 +220,12 @@ def plan_screws(mask: Volume, regions: Volume | None = None, sides=("left", "rig
     ------
     ScrewPlanError
         Unknown trajectory or side, no pedicle found, or no screw of at least half the
-        requested length fits.
+        requested length fits (the message says why, e.g. the pedicle's width).
+
+    Warns
+    -----
+    UserWarning
+        A screw shortened below the requested length, with the reason in one line.
     """
     if trajectory not in SCREW_DEFAULTS:
         raise ScrewPlanError(f"trajectory must be 'traditional' or 'cortical', got {trajectory!r}")
