@@ -21,7 +21,10 @@ voxels in 20 deg cones around the pedicle axis and around the isthmus -> body-ce
 direction, so a poorly estimated pedicle axis (coarse or real images) does not stop
 planning; lines near the nominal one win among equally long, breach-free screws. The
 tip stays at least ``tip_margin_mm`` inside the anterior or endplate cortex; a screw that
-cannot reach its nominal length is shortened with a warning.
+cannot reach its nominal length is shortened with a one-line warning naming what limits it
+(a pedicle narrower than the screw, the wall it would breach, or the cortex/endplate its tip
+reaches), and the same reason ends the ScrewPlanError when less than half the length fits.
+Traditional lines are kept within 35 deg medial convergence and 15 deg cranial/caudal tilt.
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ CBT_LATERAL_DEG, CBT_CRANIAL_DEG = 10.0, 25.0
 WALL_MARGIN_MM = 0.1
 #: Largest planned exposure (mm) of the screw where it crosses the lamina or pars.
 GRAZE_MM = 0.5
+#: Largest medial convergence and cranial/caudal tilt (deg, vertebra frame) of a traditional
+#: screw: TT convergence is about 5 deg at L1 to 30 deg at L5, roughly parallel to the endplates.
+TT_MAX_MEDIAL_DEG, TT_MAX_TILT_DEG = 35.0, 15.0
 
 
 @dataclass
@@ -214,7 +220,12 @@ def plan_screws(mask: Volume, regions: Volume | None = None, sides=("left", "rig
     ------
     ScrewPlanError
         Unknown trajectory or side, no pedicle found, or no screw of at least half the
-        requested length fits.
+        requested length fits (the message says why, e.g. the pedicle's width).
+
+    Warns
+    -----
+    UserWarning
+        A screw shortened below the requested length, with the reason in one line.
     """
     if trajectory not in SCREW_DEFAULTS:
         raise ScrewPlanError(f"trajectory must be 'traditional' or 'cortical', got {trajectory!r}")
@@ -237,7 +248,7 @@ def plan_screws(mask: Volume, regions: Volume | None = None, sides=("left", "rig
         passes, dirs, devs = _candidate_lines(sdf, regions, code, centre, nominal, frame, side,
                                               trajectory, 0.5 * diameter)
         screw = _best_screw(sdf, regions, passes, dirs, devs, side, trajectory, length, diameter,
-                            tip_margin_mm)
+                            tip_margin_mm, frame, code)
         check_screw(mask, screw, regions, sdf=sdf)
         plans.append(screw)
     return plans
@@ -367,13 +378,30 @@ def _candidate_lines(sdf: Volume, regions: Volume, code: int, centre, nominal, f
         deep = regions.index_to_world(deep[sdf.data[tuple(deep.T)] < -0.5 * radius])
         pairs.append((np.repeat(deep, len(wide), 0), np.tile(wide, (len(deep), 1))))
     passes, dirs = (np.vstack(a) for a in zip(*pairs))
+    if trajectory == "traditional":
+        # The wide cones must not turn the screw into a line no surgeon would plan.
+        conv, tilt = _angles(dirs, frame, side)
+        keep = (conv >= -5.0) & (conv <= TT_MAX_MEDIAL_DEG) & (np.abs(tilt) <= TT_MAX_TILT_DEG)
+        passes, dirs = passes[keep], dirs[keep]
     devs = np.degrees(np.arccos(np.clip(dirs @ nominal, -1.0, 1.0)))
     return passes, dirs, devs
 
 
+def _angles(dirs, frame: dict, side: str):
+    """Medial convergence and cranial tilt (deg) of directions (..., 3) in the vertebra frame."""
+    medial = -1.0 if side == "left" else 1.0
+    dirs = np.asarray(dirs, float)
+    conv = np.degrees(np.arctan2(medial * (dirs @ frame["ml_axis"]), dirs @ frame["ap_axis"]))
+    tilt = np.degrees(np.arcsin(np.clip(dirs @ frame["body_axis"], -1.0, 1.0)))
+    return conv, tilt
+
+
 def _best_screw(sdf: Volume, regions: Volume, passes, dirs, devs, side, trajectory, length,
-                diameter, tip_margin):
+                diameter, tip_margin, frame, code):
     """Search the candidate lines; return the best-fitting screw."""
+    if len(dirs) == 0:
+        raise ScrewPlanError(f"no {side} {trajectory} trajectory to search: the {side} pedicle's "
+                             "axis is far from a plausible one (check the vertebra frame)")
     r = 0.5 * diameter
     # Coarse images locate the bone surface only to about half a voxel: tolerate that much.
     slack = max(0.0, 0.5 * (float(sdf.spacing.max()) - 1.0))
@@ -415,16 +443,23 @@ def _best_screw(sdf: Volume, regions: Volume, passes, dirs, devs, side, trajecto
     # Rank: fits without breach, then length (5 mm bins), angle near nominal (2 deg bins), clearance.
     score = -np.minimum(wall, 2.0)
     best = int(np.lexsort((score, np.round(devs / 2.0), -np.floor(got / 5.0), ~ok))[0])
-    if not ok[best]:
-        warnings.warn(f"no {trajectory} {side} screw of {diameter:g} mm fits the pedicle without "
-                      f"breaching it; using the best line (wall {wall[best]:.2f} mm)", stacklevel=3)
+    narrow = _narrow_pedicle(sdf, regions, code, side, diameter, slack)
     use = float(min(length, max(avail[best], 0.0)))
-    if use < 0.5 * length:
-        raise ScrewPlanError(f"no {side} {trajectory} screw longer than {use:.0f} mm fits "
-                             f"(requested {length:g} mm)")
     if use < length - 1e-6:
-        warnings.warn(f"{side} {trajectory} screw shortened from {length:g} to {use:.1f} mm to keep "
-                      "its tip inside the body", stacklevel=3)
+        k = min(int(round((t_front[best] - ts[i0]) / step)) + 1, front.shape[1] - 1)
+        why = narrow or _front_limit(sdf, regions, frame, side, passes[best], dirs[best],
+                                     t_entry[best], t_front[best], bool(front[best, k] < -slack),
+                                     tip_margin)
+        if use < 0.5 * length:
+            most = f" (at most {use:.0f} mm)" if use >= 1.0 else ""
+            raise ScrewPlanError(f"no {side} {trajectory} screw of {diameter:g} x {length:g} mm fits"
+                                 f"{most}: {why}")
+        warnings.warn(f"{side} {trajectory} screw shortened from {length:g} to {use:.1f} mm: {why}",
+                      stacklevel=3)
+    if not ok[best]:
+        why = narrow or f"best line {-wall[best]:.1f} mm into the pedicle wall"
+        warnings.warn(f"no {trajectory} {side} screw of {diameter:g} mm fits the pedicle without "
+                      f"breaching it ({why}); using the best line", stacklevel=3)
     if devs[best] > 2.0 and trajectory == "cortical":
         warnings.warn(f"{side} cortical trajectory tilted {devs[best]:.0f} deg from the nominal "
                       f"{CBT_LATERAL_DEG:g} deg lateral / {CBT_CRANIAL_DEG:g} deg cranial to stay in "
@@ -432,6 +467,46 @@ def _best_screw(sdf: Volume, regions: Volume, passes, dirs, devs, side, trajecto
     entry = passes[best] + t_entry[best] * dirs[best]
     return ScrewPlan(side=side, entry=entry, direction=dirs[best], length_mm=use,
                      diameter_mm=diameter, trajectory=trajectory)
+
+
+def _narrow_pedicle(sdf: Volume, regions: Volume, code: int, side: str, diameter: float,
+                    slack: float) -> str | None:
+    """Why no screw fits a pedicle too thin for it (its widest inscribed circle), else None."""
+    inner = -sdf.data[regions.data == code]
+    width = 2.0 * float(inner.max()) if inner.size else 0.0
+    if width + 2.0 * slack < diameter:
+        return f"the {side} pedicle is at most {width:.1f} mm wide, narrower than the {diameter:g} mm screw"
+    return None
+
+
+def _front_limit(sdf: Volume, regions: Volume, frame: dict, side: str, p, d, t_entry: float,
+                 t_front: float, breach: bool, tip_margin: float) -> str:
+    """One phrase naming what stops a screw from being longer (wall breached or cortex reached)."""
+    def where(t):
+        x = p + t * d
+        g = np.array([sdf.sample(x + e, order=1, cval=1e3) - sdf.sample(x - e, order=1, cval=1e3)
+                      for e in 0.5 * np.eye(3)])
+        g = g / (np.linalg.norm(g) or 1.0)
+        medial = -1.0 if side == "left" else 1.0
+        comps = {"anterior": g @ frame["ap_axis"], "posterior": -(g @ frame["ap_axis"]),
+                 "medial": medial * (g @ frame["ml_axis"]), "lateral": -medial * (g @ frame["ml_axis"]),
+                 "upper": g @ frame["body_axis"], "lower": -(g @ frame["body_axis"])}
+        face = max(comps, key=comps.get)
+        reg = int(regions.sample(x, order=0, cval=0))
+        if reg in (3, 4):
+            return f"{face} wall of the pedicle"
+        if face in ("upper", "lower"):
+            return f"{face} endplate"
+        return f"{face} cortex of the body" if reg in (1, 2) else f"{face} surface of the bone"
+
+    t_fail = t_front + 0.5  # the first tip position (search step 0.5 mm) that was refused
+    face = where(t_fail)
+    got = t_front - t_entry
+    if got <= 1.0:
+        return f"no line through the pedicle keeps the screw inside the bone (nearest: the {face})"
+    if breach:
+        return f"beyond {got:.1f} mm it would breach the {face}"
+    return f"beyond {got:.1f} mm its tip would come within {tip_margin:g} mm of the {face}"
 
 
 def _rotate(v, axis, angle):

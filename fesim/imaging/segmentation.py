@@ -335,8 +335,14 @@ def _body_and_frame(mask: Volume, body_axis=None):
     mp = np.pad(m, pad)
     edt = ndi.distance_transform_edt(mp, sampling=h)
     radius = max(0.5 * float(edt.max()), 1.5 * float(h.max()))
+    # Keep only the body's part of the eroded mask: at coarse voxels the blurred facets and
+    # lamina of a small vertebra (L1 at 3 mm) survive the erosion as specks, and dilating
+    # them would give the whole arch to the body (no pedicles left to plan screws in).
+    ero, n_ero = ndi.label(edt > radius, structure=_BALL26)
+    if n_ero > 1:
+        ero = ero == (np.argmax(np.bincount(ero.ravel())[1:]) + 1)
     # Dilate by one voxel more than eroded: the EDT measures to background voxel centres.
-    core = ndi.distance_transform_edt(~(edt > radius), sampling=h) <= radius + float(h.max())
+    core = ndi.distance_transform_edt(~(ero > 0), sampling=h) <= radius + float(h.max())
     core = (core & mp)[pad:-pad, pad:-pad, pad:-pad]
     lab, n = ndi.label(core, structure=_BALL26)
     if n == 0:
@@ -471,7 +477,11 @@ def _pedicle_length(d: np.ndarray, vox_mm3: float, hmax: float, max_mm: float = 
     if edges.size < 3:
         return float(d.max())
     area = np.histogram(d, bins=edges)[0] * vox_mm3 / step
-    ref = float(np.median(area[: min(3, area.size)]))
-    grow = np.flatnonzero(area[1:] > 1.5 * max(ref, 1e-9)) + 1
+    # Coarse voxels leave the first shells empty (the nearest posterior voxel centre lies a
+    # voxel from the body): measure from the first filled shell, or a pedicle flaring into
+    # the body would end right there.
+    start = int(np.flatnonzero(area > 0)[0])
+    ref = float(np.median(area[start: start + 3]))
+    grow = np.flatnonzero(area[start + 1:] > 1.5 * max(ref, 1e-9)) + start + 1
     end = int(grow[0]) if grow.size else area.size
     return float(min(edges[end], max_mm))
