@@ -14,6 +14,8 @@ from pathlib import Path
 from . import __version__
 from .errors import FesimError
 from .imaging.screwplan import TIP_SHAPES
+from .analysis.protocols import PROTOCOLS
+from .imaging.caps import CAP_SHAPES
 
 
 def _floats(text, n=None):
@@ -62,6 +64,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="PMMA layers generated on both endplates, as in embedded cadaver tests (default none)")
     g.add_argument("--cap-thickness", dest="cap_thickness_mm", type=float, default=5.0, help="mm (default 5)")
     g.add_argument("--cap-labels", help="label values of the label map used as caps, e.g. the discs")
+    g.add_argument("--cap-shape", dest="cap_shape", default="flat", choices=CAP_SHAPES,
+                   help="generated caps: flat (filled up to a plane, default) or extruded (the endplate "
+                        "surface moved along the body axis, the benchmark's 'jelly bean' disks)")
     g = p.add_argument_group("mesh and model")
     g.add_argument("--mesh-size", dest="mesh_size_mm", type=float, default=2.0, help="bulk element size, mm (default 2)")
     g.add_argument("--screw-mesh-size", dest="screw_mesh_size_mm", type=float, default=1.0,
@@ -78,6 +83,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--strength-accuracy", default="standard", choices=["standard", "screening"],
                    help="secant iterations of the nonlinear analyses: standard (default, converged "
                         "to 0.5 %% in force) or screening (~3x fewer solves, peaks ~5-10 %% high)")
+    g.add_argument("--protocol", default="fesim", choices=list(PROTOCOLS),
+                   help="; ".join(f"{k}: {p.description}" for k, p in PROTOCOLS.items()).replace("%", "%%")
+                   + ". A protocol sets the options it names (see docs/methods.md)")
     g.add_argument("--solver", default="auto", choices=["auto", "amg", "direct", "cholmod", "pardiso"])
     g.add_argument("--no-vtk", dest="write_vtk", action="store_false", help="skip VTU output")
     g.add_argument("--export", type=lambda t: tuple(x for x in t.split(",") if x), default=(),
@@ -86,11 +94,12 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def _run_options(args) -> dict:
-    keys = ["labels", "level", "label_values", "convention", "series_uid", "calibration", "rod_densities",
-            "rod_material", "screws", "trajectory", "screw_length_mm", "screw_diameter_mm", "screw_tip", "screw_entry",
-            "screw_direction", "screw_roi_radius_mm", "caps", "cap_thickness_mm", "cap_labels", "mesh_size_mm", "screw_mesh_size_mm", "element_order",
-            "law", "ash_conversion", "strength", "strength_accuracy", "solver", "write_vtk", "export"]
-    return {k: getattr(args, k) for k in keys if hasattr(args, k)}
+    """The parsed flags that are :class:`~fesim.pipeline.RunOptions` fields (one name each)."""
+    from dataclasses import fields
+
+    from .pipeline import RunOptions
+
+    return {f.name: getattr(args, f.name) for f in fields(RunOptions) if hasattr(args, f.name)}
 
 
 def cmd_phantom(args):
@@ -114,9 +123,17 @@ def cmd_inspect(args):
 def cmd_run(args):
     from .pipeline import run_scan
 
+    import math
+
     res = run_scan(args.scan, args.out, **_run_options(args))
-    print(f"pullout strength {res['pullout_strength_N']:.0f} N, compression strength "
-          f"{res['compression_strength_N']:.0f} N; results in {Path(args.out) / 'result.json'}")
+    parts = []
+    if not math.isnan(res["pullout_strength_N"]):
+        parts.append(f"pullout strength {res['pullout_strength_N']:.0f} N")
+    parts.append(f"compression strength {res['compression_strength_N']:.0f} N")
+    if "benchmark_failure_load_N" in res:
+        parts.append(f"benchmark failure load {res['benchmark_failure_load_N']:.0f} N, stiffness "
+                     f"{res['benchmark_stiffness_N_per_mm']:.0f} N/mm")
+    print(f"{', '.join(parts)}; results in {Path(args.out) / 'result.json'}")
 
 
 def cmd_cohort(args):

@@ -46,6 +46,7 @@ class RunOptions:
     screw_direction: tuple | None = None    # ... and direction (LPS)
     caps: str = "none"                      # none | pmma: end caps generated on the endplates
     cap_thickness_mm: float = 5.0
+    cap_shape: str = "flat"                 # flat (up to a plane) | extruded (endplate moved along the axis)
     cap_labels: str | None = None           # label values (e.g. discs) used as caps instead
     mesh_size_mm: float = 2.0
     screw_mesh_size_mm: float = 1.0
@@ -60,6 +61,7 @@ class RunOptions:
     export: tuple = ()                      # solver decks to write: "inp" (CalculiX/Abaqus), "feb" (FEBio)
     max_steps: int = 60
     strength_accuracy: str = "standard"     # standard | screening (fewer, looser secant iterations)
+    protocol: str = "fesim"                 # fesim | spine-benchmark (fesim.analysis.protocols)
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunOptions":
@@ -67,7 +69,15 @@ class RunOptions:
         unknown = set(d) - names
         if unknown:
             raise InputError(f"unknown option(s): {', '.join(sorted(unknown))}")
-        opts = cls(**d)
+        from .analysis.protocols import PROTOCOLS
+        from .imaging.caps import CAP_SHAPES
+
+        protocol = d.get("protocol", "fesim")
+        if protocol not in PROTOCOLS:
+            raise InputError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
+        opts = cls(**{**d, **PROTOCOLS[protocol].options})
+        if opts.cap_shape not in CAP_SHAPES:
+            raise InputError(f"cap_shape must be one of {', '.join(CAP_SHAPES)}, not {opts.cap_shape!r}")
         if opts.screw_tip not in TIP_SHAPES:
             raise InputError(f"screw_tip must be one of {', '.join(TIP_SHAPES)}, not {opts.screw_tip!r}")
         if opts.strength_accuracy not in ("standard", "screening"):
@@ -168,7 +178,8 @@ def end_caps(mask: Volume, labels: Volume | None, regions: Volume, frame: dict, 
 
         return caps.caps_from_labels(labels, parse_label_values(opts.cap_labels), mask, frame)
     if opts.caps == "pmma":
-        return caps.generated_caps(mask, np.isin(regions.data, (1, 2)), frame, opts.cap_thickness_mm)
+        return caps.generated_caps(mask, np.isin(regions.data, (1, 2)), frame, opts.cap_thickness_mm,
+                                   shape=opts.cap_shape)
     if opts.caps != "none":
         raise InputError(f"--caps must be none or pmma, not {opts.caps!r}")
     return None
@@ -264,8 +275,8 @@ def run_scan(scan, out_dir, **options) -> dict:
 
 def _run(scan, out_dir, opts: RunOptions) -> dict:
     from .analysis.loadcases import BodyFrame, compression_case, pullout_case
-    from .analysis.strength import ACCURACY, run_strength
     from .analysis.outputs import write_case_outputs
+    from .analysis.protocols import PROTOCOLS, benchmark_numbers
     from .imaging.segmentation import subregions
     from .mesh.mesher import mesh_vertebra
     from .mesh.materials import element_materials, map_bmd
@@ -312,12 +323,11 @@ def _run(scan, out_dir, opts: RunOptions) -> dict:
 
     assembler = Assembler(mesh.points, mesh.cells)  # pattern and element matrices shared by all cases
     analyses = {}
+    protocol = PROTOCOLS[opts.protocol]
     for case in cases:
         with T(case.name):
             steps = opts.max_steps if opts.strength == "nonlinear" else 0  # surrogate: one linear solve
-            res = run_strength(mesh, mat.E, mat.nu, case, solver=opts.solver, max_steps=steps,
-                               snapshot_every=3 if opts.write_vtk else 0, assembler=assembler,
-                               **ACCURACY[opts.strength_accuracy])
+            res = _analyse(mesh, mat, case, bframe, protocol, opts, steps, assembler)
         analyses[case.name] = res
         with T("write"):
             write_case_outputs(out, mesh, mat, elem_bmd, res, vtk=opts.write_vtk, case=case, frame=bframe)
@@ -355,5 +365,35 @@ def _run(scan, out_dir, opts: RunOptions) -> dict:
                             "boundary_conditions": case_audit[name]}
                      for name, r in analyses.items()},
         "options": asdict(opts),
+        "protocol": opts.protocol,
     }
+    if protocol.failure_displacement_mm is not None:
+        result.update(benchmark_numbers(comp, protocol))
     return result
+
+
+def _analyse(mesh, mat, case, bframe, protocol, opts: RunOptions, steps: int, assembler):
+    """One load case through the strength analysis, as the protocol sets it.
+
+    With ``protocol.axial_only`` the compression case is solved on the mesh in body
+    coordinates (so "along the axis only" is one displacement component) and its
+    displacements are turned back into the image's frame for the outputs.
+    """
+    from .analysis.protocols import axial_compression_case, body_frame_rotation, can_fail, to_body_frame
+    from .analysis.strength import ACCURACY, FailureModel, run_strength
+
+    kwargs = dict(solver=opts.solver, max_steps=steps, snapshot_every=3 if opts.write_vtk else 0,
+                  **ACCURACY[opts.strength_accuracy])
+    if protocol.material_yield:
+        fails = can_fail(mesh)
+        # sigma_y / E; bone of zero or negative density (E at its floor, no strength) gets 0.1 %
+        eps = np.where(fails, np.maximum(mat.yield_stress / np.maximum(mat.E, 1e-12), 1e-3), 1.0)
+        kwargs.update(fm=FailureModel(eps_yield_compression=eps, eps_yield_tension=eps), can_fail=fails)
+    if not (protocol.axial_only and case.name == "compression"):
+        return run_strength(mesh, mat.E, mat.nu, case, assembler=assembler, **kwargs)
+    body_mesh = to_body_frame(mesh, bframe)
+    res = run_strength(body_mesh, mat.E, mat.nu, axial_compression_case(body_mesh, case), **kwargs)
+    R = body_frame_rotation(bframe)
+    res.u_peak = res.u_peak @ R
+    res.snapshots = [(d, u @ R, f) for d, u, f in res.snapshots]
+    return res

@@ -90,8 +90,14 @@ class FailureModel:
 
     def describe(self) -> str:
         post = ("perfectly plastic" if self.softening == 0 else f"softening slope {self.softening:g}")
-        return (f"principal-strain yield (compression {100 * self.eps_yield_compression:.2f} %, tension "
-                f"{100 * self.eps_yield_tension:.2f} %), {post}, failure from {self.fail_ratio:g} x yield "
+        if np.ndim(self.eps_yield_compression) or np.ndim(self.eps_yield_tension):
+            yld = ("per-element yield strains sigma_y / E (median compression "
+                   f"{100 * float(np.median(self.eps_yield_compression)):.2f} %, tension "
+                   f"{100 * float(np.median(self.eps_yield_tension)):.2f} %)")
+        else:
+            yld = (f"compression {100 * self.eps_yield_compression:.2f} %, tension "
+                   f"{100 * self.eps_yield_tension:.2f} %")
+        return (f"principal-strain yield ({yld}), {post}, failure from {self.fail_ratio:g} x yield "
                 f"strain, stress falling to {self.residual:g} of yield over {self.failure_span:g} x yield strain")
 
 
@@ -185,7 +191,8 @@ def run_strength(mesh: TetMesh, E0: np.ndarray, nu: np.ndarray, case: LoadCase,
                  tol_force: float = 5e-3, tol_modulus: float = 0.02, stop_drop: float = 0.05,
                  surrogate_fraction: float = 0.02,
                  snapshot_every: int = 0, rtol: float = 1e-5, assembler=None,
-                 nonlocal_radius_mm: float = 1.5, correction_rtol: float = 0.5) -> StrengthResult:
+                 nonlocal_radius_mm: float = 1.5, correction_rtol: float = 0.5,
+                 can_fail: np.ndarray | None = None) -> StrengthResult:
     """Trace the force-displacement curve of ``case`` through its peak.
 
     Parameters
@@ -205,17 +212,21 @@ def run_strength(mesh: TetMesh, E0: np.ndarray, nu: np.ndarray, case: LoadCase,
         element matrices are then shared between load cases)
     nonlocal_radius_mm : radius (mm) over which the failure measure is averaged
         (:func:`nonlocal_average`); 0 uses each element's own strain
+    can_fail : (M,) bool, elements that may yield (default: bone; screws and caps stay elastic).
+        ``fm``'s yield strains may then be per-element arrays (M,).
     """
     fm = fm or FailureModel()
     t0 = time.perf_counter()
-    bone = mesh.is_bone()
+    bone = mesh.is_bone() if can_fail is None else np.asarray(can_fail, bool)
     vol = np.abs(elements.element_volumes(mesh.points, mesh.cells))
     model = Model(mesh, E0, nu)
     case.apply(model, 1.0)  # unit displacement along the pull direction
     prob = StaticProblem(model, solver=solver, rtol=rtol, assembler=assembler)
     affine = prob.assembler.affine
     n_solves = 0
-    avg = nonlocal_average(mesh, vol, bone, nonlocal_radius_mm) if nonlocal_radius_mm > 0 else None
+    # averaged within each material (bone; caps), never across the bone-cap interface
+    groups = [g for g in (bone & mesh.is_bone(), bone & ~mesh.is_bone()) if g.any()]
+    avg = [nonlocal_average(mesh, vol, g, nonlocal_radius_mm) for g in groups] if nonlocal_radius_mm > 0 else []
 
     def solve_unit(E):
         nonlocal n_solves
@@ -226,8 +237,9 @@ def run_strength(mesh: TetMesh, E0: np.ndarray, nu: np.ndarray, case: LoadCase,
         force = float(sol.reaction_on(case.driven) @ case.direction)
         r, sed = strain_ratio(mesh, sol.u, E, model.nu, fm, with_sed=True, affine=affine)
         r[~bone] = 0.0
-        if avg is not None:
-            r[avg[0]] = avg[1] @ r[avg[0]]
+        r0 = r.copy()
+        for idx, W in avg:
+            r[idx] = W @ r0[idx]
         return sol.u, force, r, sed * vol  # element strain energies, mJ
 
     E = E0.astype(float).copy()

@@ -51,13 +51,13 @@ def generated_caps(mask: Volume, body: np.ndarray, frame: dict, thickness_mm: fl
     bu, bv = u[body.ravel()], v[body.ravel()]
     cell = float(mask.spacing.min())
     lo = np.array([bu.min(), bv.min()]) - 2 * cell
-    shape = (np.ceil((np.array([bu.max(), bv.max()]) - lo) / cell) + 3).astype(int)
-    foot = np.zeros(shape, bool)
+    grid = (np.ceil((np.array([bu.max(), bv.max()]) - lo) / cell) + 3).astype(int)
+    foot = np.zeros(grid, bool)
     foot[((bu - lo[0]) / cell).round().astype(int), ((bv - lo[1]) / cell).round().astype(int)] = True
     foot = ndi.binary_fill_holes(ndi.binary_closing(foot, iterations=2))
     iu = ((u - lo[0]) / cell).round().astype(int)
     iv = ((v - lo[1]) / cell).round().astype(int)
-    inside = (iu >= 0) & (iu < shape[0]) & (iv >= 0) & (iv < shape[1])
+    inside = (iu >= 0) & (iu < grid[0]) & (iv >= 0) & (iv < grid[1])
     in_foot = np.zeros(u.size, bool)
     in_foot[inside] = foot[iu[inside], iv[inside]]
     vert = mask.data.ravel() > 0
@@ -68,8 +68,8 @@ def generated_caps(mask: Volume, body: np.ndarray, frame: dict, thickness_mm: fl
                                 "for the end caps")
     mid = 0.5 * (up + low)
     if shape == "extruded":
-        top, bottom = _column_ends(iu, iv, inside & in_foot & vert, w, shape)
-        col = np.where(inside, iu * shape[1] + iv, 0)
+        top, bottom = _column_ends(iu, iv, inside & in_foot & vert, w, grid)
+        col = np.where(inside, iu * grid[1] + iv, 0)
         upper = in_foot & ~vert & (w > mid) & (w > top[col]) & (w <= top[col] + thickness_mm)
         lower = in_foot & ~vert & (w < mid) & (w < bottom[col]) & (w >= bottom[col] - thickness_mm)
     else:
