@@ -130,3 +130,21 @@ def test_side_walls_never_support():
     radial = np.linalg.norm((mesh.points[case.driven] - c)[:, :2], axis=1)
     assert radial.max() < 17.25 + 1.0  # the upper rim; the flared lower wall lies beyond it
     assert case.audit["driven"]["axial_extent_mm"] < DEFAULT_BAND_MM + 2.0
+
+
+def test_implausible_support_sets_are_refused_or_warned():
+    from fesim.analysis.supports import SupportAudit, check_audit
+    from fesim.errors import ModelError
+
+    def audit(area, lo, hi, n=100):
+        return SupportAudit("lower", n, area, 2000.0, lo, hi, lo, DEFAULT_BAND_MM, "bone")
+
+    check_audit(audit(1500.0, -16.0, -12.0), body_height_mm=30.0)  # plausible: silent
+    with pytest.warns(UserWarning, match="covers only 40 %"):
+        check_audit(audit(800.0, -16.0, -12.0), body_height_mm=30.0)
+    with pytest.raises(ModelError, match="covers 10 %"):
+        check_audit(audit(200.0, -16.0, -12.0), body_height_mm=30.0)
+    with pytest.raises(ModelError, match="spans 16.0 mm"):
+        check_audit(audit(1500.0, -16.0, 0.0), body_height_mm=30.0)
+    with pytest.raises(ModelError, match="2 node"):
+        check_audit(audit(1500.0, -16.0, -12.0, n=2), body_height_mm=30.0)
