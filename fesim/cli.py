@@ -16,6 +16,7 @@ from .errors import FesimError
 from .imaging.screwplan import TIP_SHAPES
 from .analysis.protocols import PROTOCOLS
 from .imaging.caps import CAP_SHAPES
+from .material import ASH_EQUATIONS, BMD_MATERIALS, LAWS
 
 
 def _floats(text, n=None):
@@ -47,7 +48,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                         "or auto = phantom, else internal (default auto)")
     g.add_argument("--rod-densities", type=_floats, default=(0.0, 50.0, 100.0, 200.0),
                    help="known rod densities in mg/cm^3 (default 0,50,100,200)")
-    g.add_argument("--rod-material", default="K2HPO4", choices=["K2HPO4", "HA"])
+    g.add_argument("--rod-material", default="K2HPO4", choices=BMD_MATERIALS,
+                   help="mineral of the rods and so of the BMD: the ash conversion must be defined for it "
+                        "(default K2HPO4)")
     g = p.add_argument_group("screws")
     g.add_argument("--screws", default="both", choices=["none", "left", "right", "both"])
     g.add_argument("--trajectory", default="traditional", choices=["traditional", "cortical"])
@@ -73,12 +76,14 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="element size at the screw interface, mm (default 1)")
     g.add_argument("--order", dest="element_order", type=int, default=2, choices=[1, 2],
                    help="2 = tet10 (default; mesh-converged pullout), 1 = tet4 (faster, stiffer: screening only)")
-    g.add_argument("--law", default="keyak", choices=["keyak", "morgan", "kopperdahl", "keller"],
-                   help="density-modulus law (default keyak)")
-    g.add_argument("--ash-conversion", default="identity", choices=["identity", "keyak", "les"],
-                   help="QCT density -> ash density for the laws that take ash density: identity "
-                        "(as MECHANICAL FINDER studies do), keyak (1.22 rho_K2HPO4 + 0.0523), les (HA: "
-                        "0.877 rho + 0.0789) (default identity)")
+    g.add_argument("--law", default="keyak", choices=LAWS.names(),
+                   help="density-modulus law: " + ", ".join(lw.describe() for lw in LAWS.values())
+                        + " (default keyak)")
+    g.add_argument("--ash-conversion", default="identity", choices=ASH_EQUATIONS.names(),
+                   help="QCT density -> ash density for the laws that take ash density, each for the "
+                        "calibration material(s) it is defined for: "
+                        + "; ".join(eq.describe() for eq in ASH_EQUATIONS.values())
+                        + " (default identity, as MECHANICAL FINDER studies do)")
     g.add_argument("--strength", default="nonlinear", choices=["nonlinear", "surrogate"])
     g.add_argument("--strength-accuracy", default="standard", choices=["standard", "screening"],
                    help="secant iterations of the nonlinear analyses: standard (default, converged "

@@ -25,6 +25,11 @@ class CalibrationError(FesimError):
     """HU to BMD calibration failed (rods not found, poor fit, ...)."""
 
 
+class MaterialError(FesimError):
+    """A material law or density conversion cannot be applied (unknown name, BMD of a
+    calibration material the equation is not defined for, ...)."""
+
+
 class SegmentationError(FesimError):
     """The vertebra could not be segmented (empty mask, ...)."""
 

@@ -20,6 +20,7 @@ from .errors import InputError
 from .io.atomic import atomic_write_json
 from .imaging.volume import Volume
 from .imaging.screwplan import TIP_SHAPES, ScrewPlan
+from .material import ASH_EQUATIONS, LAWS, check_ash_equation, check_bmd_material
 
 
 @dataclass
@@ -51,8 +52,8 @@ class RunOptions:
     mesh_size_mm: float = 2.0
     screw_mesh_size_mm: float = 1.0
     element_order: int = 2                  # 2 = tet10 (tet4 locks around a bonded screw)
-    law: str = "keyak"
-    ash_conversion: str = "identity"        # QCT density -> ash density: identity | keyak | les
+    law: str = "keyak"                      # key of fesim.material.LAWS
+    ash_conversion: str = "identity"        # QCT density -> ash density: key of fesim.material.ASH_EQUATIONS
     nu_bone: float = 0.3
     strength: str = "nonlinear"             # nonlinear | surrogate
     solver: str = "auto"
@@ -82,6 +83,11 @@ class RunOptions:
             raise InputError(f"screw_tip must be one of {', '.join(TIP_SHAPES)}, not {opts.screw_tip!r}")
         if opts.strength_accuracy not in ("standard", "screening"):
             raise InputError(f"strength_accuracy must be standard or screening, not {opts.strength_accuracy!r}")
+        LAWS.get_or_raise(opts.law)
+        ASH_EQUATIONS.get_or_raise(opts.ash_conversion)
+        check_bmd_material(opts.rod_material)
+        if opts.calibration in ("phantom", "none"):  # BMD material known now: refuse before any work
+            check_ash_equation(opts.ash_conversion, opts.rod_material)
         return opts
 
 
@@ -279,6 +285,7 @@ def _run(scan, out_dir, opts: RunOptions) -> dict:
     from .analysis.protocols import PROTOCOLS, benchmark_numbers
     from .imaging.segmentation import subregions
     from .mesh.mesher import mesh_vertebra
+    from .material import bmd_material_of
     from .mesh.materials import element_materials, map_bmd
     from .mesh.quality import quality_report
     from .mesh.tetmesh import to_quadratic
@@ -315,7 +322,8 @@ def _run(scan, out_dir, opts: RunOptions) -> dict:
     with T("materials"):
         elem_bmd = map_bmd(mesh, bmd, mask)
         mat = element_materials(mesh, elem_bmd, law=opts.law, nu_bone=opts.nu_bone,
-                                   ash_method=opts.ash_conversion)
+                                ash_method=opts.ash_conversion, bmd_material=bmd_material_of(bmd),
+                                screws=screws)
     bframe = BodyFrame.from_regions(regions)
     cases = [compression_case(mesh, bframe)]
     cases += [pullout_case(mesh, s, i, bframe) for i, s in enumerate(screws)]

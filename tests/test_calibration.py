@@ -6,8 +6,8 @@ from scipy.spatial.transform import Rotation
 
 from fesim.errors import CalibrationError
 from fesim.imaging.calibration import (
-    Calibration, ash_to_apparent, find_rods, internal_calibration, k2hpo4_sensitivity,
-    mindways_calibration, phantom_calibration, qct_to_ash, tissue_reference)
+    Calibration, find_rods, internal_calibration, k2hpo4_sensitivity,
+    mindways_calibration, phantom_calibration, tissue_reference)
 from fesim.imaging.phantom import PhantomSpec, make_phantom
 from fesim.imaging.volume import Volume
 
@@ -138,18 +138,12 @@ def test_reference_constants_physics():
     assert ref["fat"]["hu"] < 0 < ref["muscle"]["hu"] < ref["blood"]["hu"]
 
 
-def test_apply_and_density_chain(phantom):
+def test_apply_records_bmd_material(phantom):
     cal = Calibration(slope=0.8, intercept=2.0, method="phantom")
     v = cal.apply(phantom.hu)
     assert v.data.dtype == np.float32 and v.same_grid(phantom.hu)
     assert v.data[0, 0, 0] == pytest.approx(0.8 * phantom.hu.data[0, 0, 0] + 2.0, rel=1e-5)
-    assert qct_to_ash(100.0) == pytest.approx(1.22 * 0.1 + 0.0523)
-    assert qct_to_ash(100.0, "HA", "les") == pytest.approx(0.877 * 0.1 + 0.0789)
-    assert qct_to_ash(np.array([250.0]), "HA", "identity")[0] == pytest.approx(0.25)
-    assert ash_to_apparent(0.3) == pytest.approx(0.5)
-    with pytest.raises(CalibrationError):
-        qct_to_ash(100.0, "HA", "keyak")
-    with pytest.raises(CalibrationError):
-        qct_to_ash(100.0, "K2HPO4", "nope")
+    assert v.meta["bmd_material"] == "K2HPO4"
+    assert Calibration(slope=1.0, intercept=0.0, material="HA").apply(phantom.hu).meta["bmd_material"] == "HA"
     with pytest.raises(CalibrationError):
         Calibration(slope=1.0, intercept=0.0, material="CaCO3")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fesim.errors import MeshError
+from fesim.errors import MaterialError, MeshError
 from fesim.imaging.volume import Volume
-from fesim.imaging.calibration import qct_to_ash
+from fesim.material import qct_to_ash
 from fesim.mesh.materials import LAWS, apply_law, bin_materials, element_materials, map_bmd
 from fesim.mesh.mesher import mesh_vertebra
 from fesim.mesh.tetmesh import TetMesh
@@ -145,8 +145,8 @@ def test_other_laws():
     np.testing.assert_allclose(e, [183.0, 407.0], atol=1.0)
     e, s = apply_law("keller", _bmd_for_ash([0.15, 0.5]))
     assert s[0] == 1e20 and e[1] == pytest.approx(1890 * 0.5**1.92)
-    assert all(l.source and l.density in ("ash", "apparent", "qct") for l in LAWS.values())
-    with pytest.raises(MeshError):
+    assert all(l.citation and l.density in ("ash", "apparent", "qct") for l in LAWS.values())
+    with pytest.raises(MaterialError):
         apply_law("nope", [1.0])
 
 

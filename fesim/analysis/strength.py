@@ -52,6 +52,7 @@ import numpy as np
 from ..fem.model import Model, StaticProblem
 from ..fem.post import element_fields
 from ..fem import elements
+from ..material.failure import YIELD_STRAIN_COMPRESSION, YIELD_STRAIN_TENSION
 from ..mesh.tetmesh import TetMesh
 from .loadcases import LoadCase
 
@@ -60,8 +61,8 @@ from .loadcases import LoadCase
 class FailureModel:
     """Parameters of the element failure model (strains are fractions, not %)."""
 
-    eps_yield_compression: float = 0.0084
-    eps_yield_tension: float = 0.0078
+    eps_yield_compression: float = YIELD_STRAIN_COMPRESSION
+    eps_yield_tension: float = YIELD_STRAIN_TENSION
     softening: float = 0.0
     fail_ratio: float = 2.5
     failure_span: float = 1.5

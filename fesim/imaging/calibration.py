@@ -1,8 +1,10 @@
-"""HU -> BMD calibration (phantom, Mindways QCT Pro, phantomless) and the density chain.
+"""HU -> BMD calibration (phantom, Mindways QCT Pro, phantomless).
 
 All calibrations are linear: ``BMD (mg/cm^3) = slope * HU + intercept``. BMD is
-K2HPO4-equivalent unless ``Calibration.material == "HA"``. Equations and constants are
-documented in ``/work/shared/reference/domain.md`` section 2; each function says which.
+K2HPO4-equivalent unless ``Calibration.material == "HA"``; :meth:`Calibration.apply` records
+the material in the BMD volume (``meta["bmd_material"]``), which the material model reads
+(BMD -> ash -> apparent density and the laws: :mod:`fesim.material`). Sources in
+``docs/references.md``; each function says which.
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ from scipy import ndimage
 
 from fesim.errors import CalibrationError
 from fesim.imaging.volume import Volume
-
-MATERIALS = ("K2HPO4", "HA")
+from fesim.material.density import BMD_MATERIALS as MATERIALS
 
 
 @dataclass
@@ -579,66 +580,3 @@ def internal_calibration(hu: Volume, mask_bone=None, tissue_rois: dict | None = 
                  "effective_energy_kev": energy_kev, "sigma_ct": k2hpo4_sensitivity(energy_kev),
                  "rmse_mg_cm3": float(np.sqrt(np.mean(resid**2)))},
     )
-
-
-# ---------------------------------------------------------------------------------------
-# Density chain: QCT density -> ash density -> apparent density (g/cm^3)
-# ---------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class AshEquation:
-    """``rho_ash = slope * rho_QCT + intercept`` with rho in g/cm^3."""
-
-    material: str
-    slope: float
-    intercept: float
-    source: str
-
-
-#: Registry of QCT -> ash equations (domain.md section 2). Constants flagged [U] there are
-#: "commonly used" values not re-confirmed in a primary source.
-ASH_EQUATIONS = {
-    "keyak": AshEquation("K2HPO4", 1.22, 0.0523, "Keyak (femur QCT-FE), K2HPO4 -> ash [U, unconfirmed]"),
-    "les": AshEquation("HA", 0.877, 0.0789, "Les 1994 / Schileo 2008, HA -> ash [U]"),
-    "identity": AshEquation("any", 1.0, 0.0, "rho_ash = rho_QCT (e.g. MECHANICAL FINDER convention)"),
-}
-
-#: Schileo et al. 2008: rho_ash / rho_app = 0.598 +- 0.004, taken as 0.6.
-ASH_APPARENT_RATIO = 0.6
-
-
-def qct_to_ash(bmd_mg_cm3, material: str = "K2HPO4", method: str = "keyak"):
-    """Ash density (g/cm^3) from QCT BMD (mg/cm^3 of ``material``).
-
-    Parameters
-    ----------
-    bmd_mg_cm3 : float or ndarray
-        Calibrated BMD in mg/cm^3.
-    material : {"K2HPO4", "HA"}
-        Mineral the BMD is expressed as; must match the equation's.
-    method : {"keyak", "les", "identity"}
-        See :data:`ASH_EQUATIONS`.
-
-    Returns
-    -------
-    float or ndarray
-        rho_ash in g/cm^3, floored at 0.
-    """
-    if method not in ASH_EQUATIONS:
-        raise CalibrationError(f"unknown ash-density equation {method!r}; use one of {sorted(ASH_EQUATIONS)}")
-    eq = ASH_EQUATIONS[method]
-    if material not in MATERIALS:
-        raise CalibrationError(f"unknown BMD material {material!r}; use one of {MATERIALS}")
-    if eq.material != "any" and eq.material != material:
-        raise CalibrationError(f"ash equation {method!r} takes {eq.material} BMD, got {material}")
-    rho = eq.slope * (np.asarray(bmd_mg_cm3, dtype=float) / 1000.0) + eq.intercept
-    out = np.maximum(rho, 0.0)
-    return float(out) if out.ndim == 0 else out
-
-
-def ash_to_apparent(rho_ash, ratio: float = ASH_APPARENT_RATIO):
-    """Apparent (wet) density (g/cm^3) = rho_ash / ratio (Schileo 2008: ratio 0.6)."""
-    if not ratio > 0:
-        raise CalibrationError(f"ash/apparent ratio must be positive, got {ratio}")
-    out = np.asarray(rho_ash, dtype=float) / ratio
-    return float(out) if out.ndim == 0 else out

@@ -6,9 +6,8 @@ from dataclasses import dataclass, asdict
 
 import numpy as np
 
-#: Titanium alloy screw material (domain.md section 3): E in MPa, Poisson's ratio.
-TITANIUM_E_MPA = 110_000.0
-TITANIUM_NU = 0.3
+from fesim.material import TITANIUM, SolidMaterial
+
 #: Screw tip shapes (:attr:`ScrewPlan.tip_shape`).
 TIP_SHAPES = ("round", "flat")
 
@@ -29,8 +28,9 @@ class ScrewPlan:
         Cylinder length and outer diameter (mm). Defaults 40 x 6.5 mm (traditional trajectory).
     trajectory : str
         ``"traditional"``, ``"cortical"`` or ``"user"``.
-    E_mpa, nu : float
-        Elastic constants of the screw material (titanium by default).
+    material : SolidMaterial
+        Screw material (:data:`fesim.material.TITANIUM` by default); the mesh's screw elements
+        take it (:func:`fesim.mesh.materials.element_materials` with ``screws=``).
     tip_shape : str
         ``"round"`` (default): the last ``radius_mm`` of the length is a hemisphere, as the
         blunt tip of a pedicle screw; ``"flat"``: a plain cylinder. A flat end bonded to bone
@@ -45,9 +45,8 @@ class ScrewPlan:
     length_mm: float = 40.0
     diameter_mm: float = 6.5
     trajectory: str = "traditional"
-    E_mpa: float = TITANIUM_E_MPA
-    nu: float = TITANIUM_NU
     tip_shape: str = "round"
+    material: SolidMaterial = TITANIUM
 
     def __post_init__(self):
         self.entry = np.asarray(self.entry, dtype=float).reshape(3)
@@ -62,6 +61,16 @@ class ScrewPlan:
             raise ValueError(f"screw tip_shape must be one of {TIP_SHAPES}, got {self.tip_shape!r}")
         if self.tip_shape == "round" and self.length_mm < self.radius_mm:
             raise ValueError("a round-tipped screw must be at least as long as its radius")
+
+    @property
+    def E_mpa(self) -> float:
+        """Young's modulus of the screw material (MPa)."""
+        return self.material.E_mpa
+
+    @property
+    def nu(self) -> float:
+        """Poisson's ratio of the screw material."""
+        return self.material.nu
 
     @property
     def radius_mm(self) -> float:
@@ -104,6 +113,7 @@ class ScrewPlan:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d["material"], d["E_mpa"], d["nu"] = self.material.name, self.E_mpa, self.nu
         d["entry"] = [float(v) for v in self.entry]
         d["direction"] = [float(v) for v in self.direction]
         d["tip"] = [float(v) for v in self.tip]
