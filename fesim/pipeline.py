@@ -400,7 +400,9 @@ def _analyse(mesh, mat, case, bframe, protocol, opts: RunOptions, steps: int, as
     if not (protocol.axial_only and case.name == "compression"):
         return run_strength(mesh, mat.E, mat.nu, case, assembler=assembler, **kwargs)
     body_mesh = to_body_frame(mesh, bframe)
-    res = run_strength(body_mesh, mat.E, mat.nu, axial_compression_case(body_mesh, case), **kwargs)
+    axial = axial_compression_case(body_mesh, case)
+    case.audit["protocol"] = axial.audit["protocol"]  # recorded with the case's sets in result.json
+    res = run_strength(body_mesh, mat.E, mat.nu, axial, **kwargs)
     R = body_frame_rotation(bframe)
     res.u_peak = res.u_peak @ R
     res.snapshots = [(d, u @ R, f) for d, u, f in res.snapshots]
