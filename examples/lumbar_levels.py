@@ -15,6 +15,7 @@ minutes per level): for a first look, not for numbers to report.
 
 import argparse
 import csv
+import math
 import sys
 from pathlib import Path
 
@@ -48,9 +49,13 @@ def analyse_levels(ct, labels, out, levels=("L1", "L2", "L3", "L4", "L5"), quick
         row.update(held_area_mm2=bc["fixed"]["area_mm2"], held_axial_extent_mm=bc["fixed"]["axial_extent_mm"],
                    driven_area_mm2=bc["driven"]["area_mm2"], driven_axial_extent_mm=bc["driven"]["axial_extent_mm"],
                    supports_on=bc["fixed"]["on"])
+        pull = res["pullout_strength_N"]
         print(f"{level}: compression {res['compression_strength_N']:.0f} N "
-              f"({res['compression_stiffness_N_per_mm']:.0f} N/mm), pullout {res['pullout_strength_N']:.0f} N; "
-              f"held on {bc['fixed']['area_mm2']:.0f} mm2 of {bc['fixed']['on']}")
+              f"({res['compression_stiffness_N_per_mm']:.0f} N/mm)"
+              + ("" if math.isnan(pull) else f", pullout {pull:.0f} N")
+              + (f", benchmark failure load {res['benchmark_failure_load_N']:.0f} N"
+                 if "benchmark_failure_load_N" in res else "")
+              + f"; held on {bc['fixed']['area_mm2']:.0f} mm2 of {bc['fixed']['on']}")
         rows.append(row)
     with open(out / "levels.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=COLUMNS)
