@@ -63,6 +63,13 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cap-thickness", dest="cap_thickness_mm", type=float, default=5.0, help="mm (default 5)")
     g.add_argument("--cap-labels", help="label values of the label map used as caps, e.g. the discs")
     g = p.add_argument_group("mesh and model")
+    g.add_argument("--mesh", default="tet", choices=["tet", "voxel"],
+                   help="tet: conforming tetrahedra with smoothed surface (default); voxel: one hexahedron "
+                        "(hex8) per bone voxel, as the voxel-based spine FE tools build models (an "
+                        "independent cross-check; --mesh-size, --screw-mesh-size and --order do not apply)")
+    g.add_argument("--voxel-size", dest="voxel_size_mm", type=float, default=None,
+                   help="voxel mesh edge, mm (default: the image spacing if the image is isotropic and "
+                        "no coarser than 1 mm, else the image is resampled to 1 mm isotropic voxels)")
     g.add_argument("--mesh-size", dest="mesh_size_mm", type=float, default=2.0, help="bulk element size, mm (default 2)")
     g.add_argument("--screw-mesh-size", dest="screw_mesh_size_mm", type=float, default=1.0,
                    help="element size at the screw interface, mm (default 1)")
@@ -88,7 +95,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 def _run_options(args) -> dict:
     keys = ["labels", "level", "label_values", "convention", "series_uid", "calibration", "rod_densities",
             "rod_material", "screws", "trajectory", "screw_length_mm", "screw_diameter_mm", "screw_tip", "screw_entry",
-            "screw_direction", "screw_roi_radius_mm", "caps", "cap_thickness_mm", "cap_labels", "mesh_size_mm", "screw_mesh_size_mm", "element_order",
+            "screw_direction", "screw_roi_radius_mm", "caps", "cap_thickness_mm", "cap_labels", "mesh", "voxel_size_mm", "mesh_size_mm", "screw_mesh_size_mm", "element_order",
             "law", "ash_conversion", "strength", "strength_accuracy", "solver", "write_vtk", "export"]
     return {k: getattr(args, k) for k in keys if hasattr(args, k)}
 
