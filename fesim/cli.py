@@ -71,6 +71,13 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="generated caps: flat (filled up to a plane, default) or extruded (the endplate "
                         "surface moved along the body axis, the benchmark's 'jelly bean' disks)")
     g = p.add_argument_group("mesh and model")
+    g.add_argument("--mesh", default="tet", choices=["tet", "voxel"],
+                   help="tet: conforming tetrahedra with smoothed surface (default); voxel: one hexahedron "
+                        "(hex8) per bone voxel, as the voxel-based spine FE tools build models (an "
+                        "independent cross-check; --mesh-size, --screw-mesh-size and --order do not apply)")
+    g.add_argument("--voxel-size", dest="voxel_size_mm", type=float, default=None,
+                   help="voxel mesh edge, mm (default: the image spacing if the image is isotropic and "
+                        "no coarser than 1 mm, else the image is resampled to 1 mm isotropic voxels)")
     g.add_argument("--mesh-size", dest="mesh_size_mm", type=float, default=2.0, help="bulk element size, mm (default 2)")
     g.add_argument("--screw-mesh-size", dest="screw_mesh_size_mm", type=float, default=1.0,
                    help="element size at the screw interface, mm (default 1)")

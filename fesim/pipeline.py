@@ -49,6 +49,8 @@ class RunOptions:
     cap_thickness_mm: float = 5.0
     cap_shape: str = "flat"                 # flat (up to a plane) | extruded (endplate moved along the axis)
     cap_labels: str | None = None           # label values (e.g. discs) used as caps instead
+    mesh: str = "tet"                       # tet (conforming tet4/tet10) | voxel (hex8, one per voxel)
+    voxel_size_mm: float | None = None      # voxel mesh edge; None: image spacing if isotropic and <= 1 mm, else 1
     mesh_size_mm: float = 2.0
     screw_mesh_size_mm: float = 1.0
     element_order: int = 2                  # 2 = tet10 (tet4 locks around a bonded screw)
@@ -81,6 +83,10 @@ class RunOptions:
             raise InputError(f"cap_shape must be one of {', '.join(CAP_SHAPES)}, not {opts.cap_shape!r}")
         if opts.screw_tip not in TIP_SHAPES:
             raise InputError(f"screw_tip must be one of {', '.join(TIP_SHAPES)}, not {opts.screw_tip!r}")
+        if opts.mesh not in ("tet", "voxel"):
+            raise InputError(f"mesh must be tet or voxel, not {opts.mesh!r}")
+        if opts.voxel_size_mm is not None and not opts.voxel_size_mm > 0:
+            raise InputError(f"voxel_size_mm must be positive, got {opts.voxel_size_mm}")
         if opts.strength_accuracy not in ("standard", "screening"):
             raise InputError(f"strength_accuracy must be standard or screening, not {opts.strength_accuracy!r}")
         LAWS.get_or_raise(opts.law)
@@ -307,20 +313,30 @@ def _run(scan, out_dir, opts: RunOptions) -> dict:
     with T("bmd"):
         measures = bmd_measures(bmd, mask, regions, frame, screws, opts)
     with T("mesh"):
-        body = mask
-        if cap_masks is not None:  # vertebra and caps meshed as one body, caps labelled after
-            body = mask.with_data(((mask.data > 0) | (cap_masks[0].data > 0) | (cap_masks[1].data > 0))
-                                  .astype(np.uint8))
-        mesh = mesh_vertebra(body, screws, size_mm=opts.mesh_size_mm, screw_size_mm=opts.screw_mesh_size_mm)
-        if cap_masks is not None:
-            from .mesh.caps import assign_cap_regions
+        if opts.mesh == "voxel":  # one hex8 per voxel; element_order and mesh sizes do not apply
+            from .mesh.voxel import voxel_mesh
 
-            mesh = assign_cap_regions(mesh, *cap_masks)
-        if opts.element_order == 2:
-            mesh = to_quadratic(mesh)
+            mesh = voxel_mesh(mask, screws, caps=cap_masks, voxel_mm=opts.voxel_size_mm)
+        else:
+            body = mask
+            if cap_masks is not None:  # vertebra and caps meshed as one body, caps labelled after
+                body = mask.with_data(((mask.data > 0) | (cap_masks[0].data > 0) | (cap_masks[1].data > 0))
+                                      .astype(np.uint8))
+            mesh = mesh_vertebra(body, screws, size_mm=opts.mesh_size_mm, screw_size_mm=opts.screw_mesh_size_mm)
+            if cap_masks is not None:
+                from .mesh.caps import assign_cap_regions
+
+                mesh = assign_cap_regions(mesh, *cap_masks)
+            if opts.element_order == 2:
+                mesh = to_quadratic(mesh)
         quality = quality_report(mesh)
     with T("materials"):
-        elem_bmd = map_bmd(mesh, bmd, mask)
+        if mesh.is_hex:
+            from .mesh.voxel import voxel_bmd
+
+            elem_bmd = voxel_bmd(mesh, bmd, mask)
+        else:
+            elem_bmd = map_bmd(mesh, bmd, mask)
         mat = element_materials(mesh, elem_bmd, law=opts.law, nu_bone=opts.nu_bone,
                                 ash_method=opts.ash_conversion, bmd_material=bmd_material_of(bmd),
                                 screws=screws)
@@ -360,6 +376,8 @@ def _run(scan, out_dir, opts: RunOptions) -> dict:
         "n_elements": mesh.n_elements,
         "n_dofs": 3 * mesh.n_nodes,
         "element_order": mesh.order,
+        "mesh_type": mesh.cell_type,
+        "voxel_size_mm": mesh.info.get("voxel_size_mm"),
         "strength_criterion": comp.criterion if opts.strength == "nonlinear" else
         "linear surrogate: load at which 2 % of bone volume exceeds its yield strain",
         "fesim_version": __version__,

@@ -126,8 +126,22 @@ class BodyFrame:
         return self._cache[key][1]
 
 
+# Outward quads of a VTK hexahedron, each split into two outward triangles.
+_HEX_QUADS = np.array([[0, 3, 2, 1], [4, 5, 6, 7], [0, 1, 5, 4], [2, 3, 7, 6], [0, 4, 7, 3], [1, 2, 6, 5]])
+
+
 def boundary_faces(mesh: TetMesh) -> tuple[np.ndarray, np.ndarray]:
-    """Boundary triangles of the whole mesh: corner node ids (F, 3) and owning element (F,)."""
+    """Boundary triangles of the whole mesh: corner node ids (F, 3) and owning element (F,).
+
+    Hex8: each boundary quad face gives two outward triangles (a, b, c), (a, c, d).
+    """
+    if mesh.cells.shape[1] == 8:
+        quads = mesh.cells.astype(np.int64)[:, _HEX_QUADS].reshape(-1, 4)
+        _, inv, counts = np.unique(np.sort(quads, axis=1), axis=0, return_inverse=True, return_counts=True)
+        once = counts[inv.ravel()] == 1
+        q = quads[once]
+        owner = np.repeat(np.arange(mesh.n_elements), 6)[once]
+        return np.concatenate([q[:, [0, 1, 2]], q[:, [0, 2, 3]]]), np.concatenate([owner, owner])
     c = mesh.cells[:, :4].astype(np.int64)
     local = np.array([[1, 2, 3], [0, 3, 2], [0, 1, 3], [0, 2, 1]])
     faces = c[:, local].reshape(-1, 3)

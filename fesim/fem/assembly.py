@@ -16,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import elements
+from ..mesh.tetmesh import HEX_CORNERS
 
 #: Elements per chunk during assembly: bounds temporary memory (tet10: ~14 kB per element).
 CHUNK = 40_000
@@ -114,10 +115,33 @@ def affine_product_tensor(n: int) -> np.ndarray:
     return np.ascontiguousarray(T.reshape(16, n * n))
 
 
+def uniform_hex(points: np.ndarray, cells: np.ndarray, rtol: float = 1e-9) -> np.ndarray | None:
+    """Corner offsets (8, 3) from node 0 shared by every hex8 element (a regular voxel grid:
+    all elements are translates of one), or None."""
+    if cells.shape[1] != 8 or len(cells) == 0:
+        return None
+    d = points[cells] - points[cells[:, :1]]
+    ref = d[0]
+    scale = max(1.0, np.abs(points).max())
+    step = 200_000
+    for a in range(0, len(d), step):
+        if np.abs(d[a:a + step] - ref).max() > rtol * scale:
+            return None
+    return ref.copy()
+
+
 def is_affine(points: np.ndarray, cells: np.ndarray, rtol: float = 1e-9) -> bool:
-    """True when every tet10 mid-edge node lies at its edge midpoint (tet4: always)."""
+    """True when every tet10 mid-edge node lies at its edge midpoint (tet4: always), or every
+    hex8 is a parallelepiped (its map from the reference cube is affine)."""
     if cells.shape[1] == 4:
         return True
+    if cells.shape[1] == 8:
+        X = points[cells]
+        s = HEX_CORNERS
+        # coefficients of xi*eta, xi*zeta, eta*zeta and xi*eta*zeta in the trilinear map
+        prods = np.stack([s[:, 0] * s[:, 1], s[:, 0] * s[:, 2], s[:, 1] * s[:, 2], s.prod(axis=1)])
+        dev = np.abs(np.einsum("ka,mai->mki", prods, X)).max() / 8.0
+        return bool(dev <= rtol * max(1.0, np.abs(points).max()))
     X = points[cells[:, :4]]
     e = elements.EDGES
     mid = 0.5 * (X[:, e[:, 0]] + X[:, e[:, 1]])
@@ -141,6 +165,11 @@ class Assembler:
     ``K_ij[a, b] = lam Y_ij[a, b] + mu Y_ij[b, a] + delta_ij mu tr Y[a, b]``.
     No (3n x 3n) element matrices are formed in either path.
 
+    Hex8 meshes of a regular voxel grid (every element a translate of one,
+    :func:`uniform_hex`) use one reference element: ``K_e = lam_e K_lam + mu_e K_mu`` with
+    the two (24 x 24) geometry parts of the shared shape, i.e. ``K_e = E_e K_ref(nu_e)``.
+    Other hex8 meshes take the quadrature path (``hex_fast=False`` forces it, for testing).
+
     Parameters
     ----------
     points, cells : mesh arrays (mm)
@@ -150,9 +179,15 @@ class Assembler:
 
     _PAIRS = [(0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)]
 
-    def __init__(self, points, cells, cache_limit_bytes: float = 5e8):
+    def __init__(self, points, cells, cache_limit_bytes: float = 5e8, hex_fast: bool = True):
         self.points = np.asarray(points, dtype=float)
         self.cells = np.asarray(cells)
+        self._hex_ref = None  # (K_lam, K_mu) of the shared voxel shape
+        ref = uniform_hex(self.points, self.cells) if hex_fast else None
+        if ref is not None:
+            G, wdet = elements.gradients(ref, np.arange(8)[None])
+            k_lam, k_mu = elements.stiffness_parts(G, wdet)
+            self._hex_ref = (k_lam[0], k_mu[0])
         self.pattern = SparsityPattern.from_cells(self.cells, len(self.points))
         self.cache_limit = cache_limit_bytes
         self._parts = None  # (K_lam, K_mu) per element, filled only by element_matrices callers
@@ -189,7 +224,9 @@ class Assembler:
         E = np.broadcast_to(np.asarray(E, dtype=float), (M,))
         nu = np.broadcast_to(np.asarray(nu, dtype=float), (M,))
         lam, mu = elements.lame(E, nu)
-        if self.affine:
+        if self._hex_ref is not None:
+            data = self._assemble_uniform(lam, mu)
+        elif self.affine and n != 8:
             data = self._assemble_affine(lam, mu)
         else:
             data = np.zeros((self.pattern.nnz_blocks, 3, 3))
@@ -225,6 +262,22 @@ class Assembler:
                 comp[i, j] = np.bincount(idx, weights=W.reshape(-1), minlength=nb)
         return np.ascontiguousarray(comp.transpose(2, 0, 1))
 
+    def _assemble_uniform(self, lam, mu) -> np.ndarray:
+        """Regular hex8 grid: per component ``(i, j)`` the element blocks are
+        ``lam_e K_lam[a i, b j] + mu_e K_mu[a i, b j]``, one outer product per component."""
+        M, n = self.cells.shape
+        nb = self.pattern.nnz_blocks
+        k_lam, k_mu = (k.reshape(n, 3, n, 3) for k in self._hex_ref)
+        idx = self.pattern.block_of.reshape(-1)
+        comp = np.empty((3, 3, nb))
+        W = np.empty((M, n * n))
+        for i in range(3):
+            for j in range(3):
+                np.multiply(lam[:, None], k_lam[:, i, :, j].reshape(1, -1), out=W)
+                W += mu[:, None] * k_mu[:, i, :, j].reshape(1, -1)
+                comp[i, j] = np.bincount(idx, weights=W.reshape(-1), minlength=nb)
+        return np.ascontiguousarray(comp.transpose(2, 0, 1))
+
     def _assemble_curved(self, lam, mu, data):
         M, n = self.cells.shape
         nb = self.pattern.nnz_blocks
@@ -257,6 +310,8 @@ class Assembler:
         """
         idx = np.asarray(idx)
         lam, mu = elements.lame(np.asarray(E, dtype=float), np.asarray(nu, dtype=float))
+        if self._hex_ref is not None:
+            return lam[:, None, None] * self._hex_ref[0] + mu[:, None, None] * self._hex_ref[1]
         if self._parts is not None:
             k_lam, k_mu = self._parts[0][idx], self._parts[1][idx]
         else:

@@ -1,7 +1,7 @@
 """Cross-check runner: solve a :class:`~fesim.fem.model.Model` with CalculiX (``ccx``).
 
 :func:`write_inp` writes a self-contained Abaqus/CalculiX input deck (C3D4 / C3D10, one
-material and ELSET per distinct ``(E, nu)``, ``*BOUNDARY`` for every constrained unknown,
+material and ELSET per distinct ``(E, nu)``; C3D8 for hex8, full integration, ``*BOUNDARY`` for every constrained unknown,
 ``*CLOAD`` for non-zero nodal forces, ``*NODE PRINT`` of U and RF). :func:`run_ccx` runs it
 in a temporary folder and parses the ``.dat`` file.
 
@@ -70,7 +70,7 @@ def write_inp(model, path, node_print: bool = True, reactions: bool = True) -> P
     path = Path(path)
     mesh = model.mesh
     M, n = mesh.cells.shape
-    etype = {4: "C3D4", 10: "C3D10"}[n]
+    etype = {4: "C3D4", 10: "C3D10", 8: "C3D8"}[n]
     mats, mat_of = np.unique(np.column_stack([model.E, model.nu]), axis=0, return_inverse=True)
     mat_of = mat_of.ravel()
     with open(path, "w") as fh:

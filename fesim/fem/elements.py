@@ -1,8 +1,12 @@
-"""Isoparametric tetrahedra (tet4, tet10) for isotropic linear elasticity.
+"""Isoparametric tetrahedra (tet4, tet10) and hexahedra (hex8) for isotropic linear elasticity.
 
-Node order (VTK, meshio and CalculiX C3D4/C3D10 agree): corners 0-3, then mid-edge nodes on
-edges (0,1), (1,2), (2,0), (0,3), (1,3), (2,3). Reference coordinates ``xi`` with barycentric
-``L = (1 - xi1 - xi2 - xi3, xi1, xi2, xi3)``.
+Tetrahedra: node order (VTK, meshio and CalculiX C3D4/C3D10 agree): corners 0-3, then
+mid-edge nodes on edges (0,1), (1,2), (2,0), (0,3), (1,3), (2,3). Reference coordinates
+``xi`` with barycentric ``L = (1 - xi1 - xi2 - xi3, xi1, xi2, xi3)``.
+
+Hexahedra: trilinear, VTK_HEXAHEDRON node order (= CalculiX C3D8 and FEBio hex8), reference
+cube ``[-1, 1]^3`` with corner signs :data:`fesim.mesh.tetmesh.HEX_CORNERS`; stiffness by
+the 2 x 2 x 2 Gauss rule (full integration, as C3D8).
 
 Element stiffness is built from shape-function gradients ``G[m, q, a, i] = dN_a/dx_i`` as
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import MeshError
+from ..mesh.tetmesh import HEX_CORNERS
 
 EDGES = np.array([[0, 1], [1, 2], [2, 0], [0, 3], [1, 3], [2, 3]])
 
@@ -24,6 +29,8 @@ EDGES = np.array([[0, 1], [1, 2], [2, 0], [0, 3], [1, 3], [2, 3]])
 _A, _B = 0.5854101966249685, 0.1381966011250105
 QUAD4 = (np.array([[_B, _B, _B], [_A, _B, _B], [_B, _A, _B], [_B, _B, _A]]), np.full(4, 1.0 / 24.0))
 QUAD1 = (np.array([[0.25, 0.25, 0.25]]), np.array([1.0 / 6.0]))
+# 2 x 2 x 2 Gauss rule on [-1, 1]^3 (volume 8), points in the corner order of HEX_CORNERS.
+HEX_GAUSS = (HEX_CORNERS / np.sqrt(3.0), np.ones(8))
 
 
 def _barycentric(xi):
@@ -31,8 +38,16 @@ def _barycentric(xi):
     return np.column_stack([1.0 - xi.sum(axis=1), xi])
 
 
+def _hex_factors(xi):
+    """Linear factors ``1 + s_a xi`` (Q, 8, 3) of the trilinear shape functions."""
+    xi = np.atleast_2d(np.asarray(xi, dtype=float))
+    return 1.0 + xi[:, None, :] * HEX_CORNERS[None]
+
+
 def shape_values(n_nodes: int, xi) -> np.ndarray:
     """Shape functions (Q, n) at reference points ``xi`` (Q, 3)."""
+    if n_nodes == 8:
+        return _hex_factors(xi).prod(axis=2) / 8.0
     L = _barycentric(xi)
     if n_nodes == 4:
         return L
@@ -43,6 +58,11 @@ def shape_values(n_nodes: int, xi) -> np.ndarray:
 
 def shape_ref_gradients(n_nodes: int, xi) -> np.ndarray:
     """Reference gradients dN/dxi (Q, n, 3) at points ``xi`` (Q, 3)."""
+    if n_nodes == 8:
+        f = _hex_factors(xi)
+        s = HEX_CORNERS[None]
+        return np.stack([s[..., 0] * f[..., 1] * f[..., 2], f[..., 0] * s[..., 1] * f[..., 2],
+                         f[..., 0] * f[..., 1] * s[..., 2]], axis=2) / 8.0
     L = _barycentric(xi)
     dL = np.array([[-1.0, -1.0, -1.0], [1, 0, 0], [0, 1, 0], [0, 0, 1]])  # dL_a/dxi
     Q = L.shape[0]
@@ -57,6 +77,8 @@ def shape_ref_gradients(n_nodes: int, xi) -> np.ndarray:
 
 def quadrature(n_nodes: int):
     """Default stiffness quadrature (points, weights) for the element type."""
+    if n_nodes == 8:
+        return HEX_GAUSS
     return QUAD1 if n_nodes == 4 else QUAD4
 
 
@@ -66,7 +88,7 @@ def gradients(points: np.ndarray, cells: np.ndarray, xi=None):
     Parameters
     ----------
     points : (N, 3) float64, mm
-    cells : (M, 4) or (M, 10) int
+    cells : (M, 4), (M, 10) or (M, 8) int
     xi : (Q, 3) reference points; defaults to the stiffness rule.
 
     Returns
@@ -178,14 +200,44 @@ def strains_at(points, cells, u, xi) -> np.ndarray:
     return voigt_strain(np.einsum("mai,mqaj->mqij", u[cells], G))  # du_i/dx_j
 
 
+def hex_affine_gradients(points, cells):
+    """Element means of grad N_a (M, 8, 3), 1/mm, and volumes (M,), mm^3, of parallelepiped
+    hex8 elements (affine map ``x = x_c + J xi``).
+
+    With a constant Jacobian ``J = sum_a x_a (x) s_a / 8`` the mean of ``dN_a/dxi`` over the
+    reference cube is ``s_a / 8`` (the other two factors average to 1), so the mean
+    gradient is ``J^-T s_a / 8`` and the volume ``8 det J``.
+    """
+    X = points[cells]
+    J = np.einsum("mai,aj->mij", X, HEX_CORNERS) / 8.0
+    det = np.linalg.det(J)
+    if np.any(det <= 0):
+        bad = np.unique(np.nonzero(det <= 0)[0])
+        raise MeshError(f"{bad.size} element(s) have non-positive Jacobian (first: {bad[:5].tolist()})")
+    Ji = np.linalg.inv(J)  # dxi_j / dx_k
+    return np.einsum("aj,mjk->mak", HEX_CORNERS, Ji) / 8.0, 8.0 * det
+
+
+def mean_strains(points, cells, u) -> np.ndarray:
+    """Volume averages (M, 6) of the strain over each element by its stiffness quadrature
+    (``sum_q w_q |J_q| eps_q / sum_q w_q |J_q|``), Voigt, engineering shear. Any element type."""
+    G, wdet = gradients(points, cells)
+    Gm = np.einsum("mq,mqaj->maj", wdet / wdet.sum(axis=1, keepdims=True), G)
+    return voigt_strain(np.einsum("mai,maj->mij", u[cells], Gm))
+
+
 def mean_strains_affine(points, cells, u) -> np.ndarray:
-    """Element mean strains (M, 6) of straight-sided tet4/tet10, Voigt, engineering shear.
+    """Element mean strains (M, 6) of straight-sided tet4/tet10, or parallelepiped hex8,
+    Voigt, engineering shear.
 
     With barycentric gradients ``g_c`` the mean of grad N over the element is ``g_a`` for a
     tet4 vertex, 0 for a tet10 vertex (N = L(2L - 1)) and ``g_a + g_b`` for the tet10 node on
     edge (a, b) (N = 4 L_a L_b): the volume-weighted mean of the integration points without
     evaluating them.
     """
+    if cells.shape[1] == 8:
+        g, _ = hex_affine_gradients(points, cells)
+        return voigt_strain(np.einsum("mai,maj->mij", u[cells], g))
     g, _ = barycentric_gradients(points, cells)
     if cells.shape[1] == 4:
         H = np.einsum("mai,maj->mij", u[cells], g)

@@ -2,7 +2,9 @@
 
 Voigt order everywhere: xx, yy, zz, yz, xz, xy; strains with engineering shear.
 Tet10 quantities are evaluated at the 4 stiffness integration points; the per-element value
-is their volume-weighted mean (``per_point=True`` returns the points).
+is their volume-weighted mean (``per_point=True`` returns the points). Hex8: the mean over the
+2 x 2 x 2 Gauss points weighted by ``w |J|`` (the element's volume average; for the
+parallelepipeds of a voxel grid it is computed in closed form).
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ def element_fields(points, cells, u, E, nu, per_point: bool = False, affine: boo
     nu = np.asarray(nu, dtype=float)
     if not per_point and (affine if affine is not None else is_affine(points, cells)):
         eps = elements.mean_strains_affine(points, cells, u)
+        sig = elements.stress_from_strain(eps, E, nu)
+    elif not per_point and cells.shape[1] == 8:  # distorted hexahedra: |J| varies
+        eps = elements.mean_strains(points, cells, u)
         sig = elements.stress_from_strain(eps, E, nu)
     else:
         xi, w = elements.quadrature(cells.shape[1])

@@ -299,8 +299,8 @@ class PMultigridSolver(LinearSolver):
     iterations from 0.1 to 3 M unknowns, against 84 for SA AMG on tet10 at 0.33 M.
 
     Needs the mesh: pass ``cells`` (M, 10), ``free`` (the unknowns of ``A`` among the
-    ``3 * n_nodes`` of the mesh) and ``n_nodes`` to :func:`make_solver`. For tet4 meshes it
-    is plain AMG with the same settings as the coarse level.
+    ``3 * n_nodes`` of the mesh) and ``n_nodes`` to :func:`make_solver`. For tet4 and hex8
+    meshes it is plain AMG with the same settings as the coarse level.
 
     Parameters
     ----------
@@ -326,7 +326,7 @@ class PMultigridSolver(LinearSolver):
         super().__init__(A, rtol=rtol, maxiter=maxiter, near_null=near_null)
 
     def _build_P(self):
-        if self.cells.shape[1] == 4:
+        if self.cells.shape[1] != 10:  # tet4 and hex8 are linear already: AMG only
             return None, None
         Pn, corners = p_prolongation(self.cells, self.n_nodes)
         P = _dof_expand(Pn)

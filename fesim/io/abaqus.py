@@ -1,6 +1,6 @@
 """Abaqus / CalculiX input decks (.inp) for bone-screw tetrahedral models.
 
-Element types C3D4 / C3D10 (the C3D10 node order equals fesim's VTK order). Materials are
+Element types C3D4 / C3D10 / C3D8 (the C3D10 and C3D8 node orders equal fesim's VTK order). Materials are
 binned (``fesim.mesh.materials.bin_materials``); every bin gets an ELSET ``MAT_k``, a
 *MATERIAL and a *SOLID SECTION. Regions become ELSETs ``REGION_<code>``. Node ids are
 1-based in the file and 0-based in Python.
@@ -17,7 +17,7 @@ from fesim.errors import InputError
 from fesim.mesh.materials import bin_materials
 from fesim.mesh.tetmesh import TetMesh
 
-_ETYPE = {4: "C3D4", 10: "C3D10"}
+_ETYPE = {4: "C3D4", 10: "C3D10", 8: "C3D8"}
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,79}$")
 
 

@@ -2,7 +2,7 @@
 
 Elements are grouped into parts ``R<region>_M<k>`` by region and material bin, one
 "isotropic elastic" material per bin. Element ids are the 1-based fesim element indices, so
-a round trip restores the element order. FEBio's tet10 node order equals fesim's.
+a round trip restores the element order. FEBio's tet10 and hex8 node orders equal fesim's.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from fesim.errors import InputError
 from fesim.mesh.materials import bin_materials
 from fesim.mesh.tetmesh import TetMesh
 
-_TYPE = {4: "tet4", 10: "tet10"}
+_TYPE = {4: "tet4", 10: "tet10", 8: "hex8"}
 
 
 def write_feb(path, mesh: TetMesh, E, nu, node_sets: dict | None = None, n_bins: int = 50) -> dict:

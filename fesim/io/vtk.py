@@ -1,4 +1,5 @@
-"""VTK unstructured-grid (.vtu) files and ParaView time series (.pvd) for tetrahedral meshes."""
+"""VTK unstructured-grid (.vtu) files and ParaView time series (.pvd) for tetrahedral and
+hexahedral (VTK type 12) meshes."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import numpy as np
 from fesim.errors import InputError
 from fesim.mesh.tetmesh import TetMesh
 
-_VTK_TYPE = {4: "tetra", 10: "tetra10"}
+_VTK_TYPE = {4: "tetra", 10: "tetra10", 8: "hexahedron"}
 
 
 def write_vtu(path, mesh: TetMesh, cell_data: dict | None = None, point_data: dict | None = None) -> Path:
-    """Write ``mesh`` (tet4 or tet10) to a binary .vtu with ``region`` and extra fields.
+    """Write ``mesh`` (tet4, tet10 or hex8) to a binary .vtu with ``region`` and extra fields.
 
     Parameters
     ----------
@@ -55,9 +56,9 @@ def read_vtu(path) -> tuple[TetMesh, dict, dict]:
         m = meshio.read(path)
     except Exception as exc:  # meshio raises several types for malformed files
         raise InputError(f"cannot read VTU file {path}: {exc}") from exc
-    blocks = [i for i, c in enumerate(m.cells) if c.type in ("tetra", "tetra10")]
+    blocks = [i for i, c in enumerate(m.cells) if c.type in ("tetra", "tetra10", "hexahedron")]
     if len(blocks) != 1:
-        raise InputError(f"{path} must hold exactly one tetrahedral cell block")
+        raise InputError(f"{path} must hold exactly one tetrahedral or hexahedral cell block")
     i = blocks[0]
     cells = m.cells[i].data
     cd = {k: np.asarray(v[i]) for k, v in m.cell_data.items()}

@@ -166,6 +166,8 @@ def map_bmd(mesh: TetMesh, bmd: Volume, bone_mask: Volume, n_quad: int = 32,
     -------
     ndarray (M,)
     """
+    if mesh.is_hex:
+        raise MeshError("map_bmd maps tetrahedral meshes; use fesim.mesh.voxel.voxel_bmd for hex8")
     if n_quad not in _RULES:
         raise MeshError(f"n_quad must be one of {sorted(_RULES)}, got {n_quad}")
     if not bmd.same_grid(bone_mask):

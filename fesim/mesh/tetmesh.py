@@ -1,10 +1,13 @@
-"""The tetrahedral mesh passed from the meshing stage to the FE model."""
+"""The mesh passed from the meshing stage to the FE model: tetrahedra (tet4, tet10) or voxel
+hexahedra (hex8, :mod:`fesim.mesh.voxel`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from fesim.errors import MeshError
 
 #: Region codes stored per element in ``TetMesh.region``.
 REGION_BONE = 1
@@ -15,18 +18,50 @@ REGION_CAP_LOWER = 20
 REGION_CAP_UPPER = 21
 
 
+#: Nodes per cell of each cell type.
+CELL_TYPES = {4: "tet4", 10: "tet10", 8: "hex8"}
+
+# VTK_HEXAHEDRON corners in reference coordinates (xi, eta, zeta) in [-1, 1]^3: bottom face
+# 0-3 counter-clockwise seen from above, top face 4-7 above them.
+HEX_CORNERS = np.array([[-1, -1, -1], [1, -1, -1], [1, 1, -1], [-1, 1, -1],
+                        [-1, -1, 1], [1, -1, 1], [1, 1, 1], [-1, 1, 1]], dtype=float)
+
+
+def hex_volumes(points: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """Signed volumes (M,) in mm^3 of trilinear hexahedra (VTK order).
+
+    The Jacobian determinant of the trilinear map is of degree <= 2 in each reference
+    coordinate, so the 2 x 2 x 2 Gauss rule integrates it exactly.
+    """
+    X = np.asarray(points, dtype=float)[np.asarray(cells)]  # (M, 8, 3)
+    g = 1.0 / np.sqrt(3.0)
+    s = HEX_CORNERS
+    vol = np.zeros(len(X))
+    for q in s * g:
+        f = 1.0 + s * q  # (8, 3): the three linear factors of every shape function
+        dN = np.stack([s[:, 0] * f[:, 1] * f[:, 2], f[:, 0] * s[:, 1] * f[:, 2],
+                       f[:, 0] * f[:, 1] * s[:, 2]], axis=1) / 8.0  # dN_a/dxi_j
+        J = np.einsum("mai,aj->mij", X, dN)
+        vol += np.linalg.det(J)
+    return vol
+
+
 @dataclass
 class TetMesh:
-    """Linear (4-node) or quadratic (10-node) tetrahedral mesh.
+    """Linear (4-node) or quadratic (10-node) tetrahedral mesh, or linear hexahedral mesh.
+
+    The name is historical: 8-node cells (voxel hexahedra, :mod:`fesim.mesh.voxel`) are
+    held by the same class (alias :data:`Mesh`), so every stage takes either kind;
+    :attr:`cell_type` tells them apart.
 
     Attributes
     ----------
     points : ndarray (N, 3) float64
         Node coordinates, LPS mm.
-    cells : ndarray (M, 4) or (M, 10) int32
+    cells : ndarray (M, 4), (M, 10) or (M, 8) int32
         Connectivity. Tet10 node order follows VTK/meshio: 4 corners then mid-edge nodes
-        on edges (0,1), (1,2), (0,2), (0,3), (1,3), (2,3). Corners are positively oriented
-        (positive signed volume).
+        on edges (0,1), (1,2), (0,2), (0,3), (1,3), (2,3). Hex8 follows VTK_HEXAHEDRON
+        (:data:`HEX_CORNERS`). Elements are positively oriented (positive volume).
     region : ndarray (M,) int32
         Region code per element (see ``REGION_*``).
     """
@@ -42,14 +77,29 @@ class TetMesh:
         self.region = np.ascontiguousarray(self.region, dtype=np.int32)
         if self.points.ndim != 2 or self.points.shape[1] != 3:
             raise ValueError("points must be (N, 3)")
-        if self.cells.ndim != 2 or self.cells.shape[1] not in (4, 10):
-            raise ValueError("cells must be (M, 4) or (M, 10)")
+        if self.cells.ndim != 2 or self.cells.shape[1] not in CELL_TYPES:
+            raise ValueError("cells must be (M, 4), (M, 10) or (M, 8)")
         if self.region.shape != (self.cells.shape[0],):
             raise ValueError("region must have one entry per cell")
 
     @property
     def order(self) -> int:
-        return 1 if self.cells.shape[1] == 4 else 2
+        """Polynomial order of the shape functions: 1 (tet4, hex8) or 2 (tet10)."""
+        return 2 if self.cells.shape[1] == 10 else 1
+
+    @property
+    def cell_type(self) -> str:
+        """``"tet4"``, ``"tet10"`` or ``"hex8"``."""
+        return CELL_TYPES[self.cells.shape[1]]
+
+    @property
+    def is_hex(self) -> bool:
+        return self.cells.shape[1] == 8
+
+    @property
+    def n_corners(self) -> int:
+        """Corner nodes per element (4 for tetrahedra, 8 for hexahedra)."""
+        return 8 if self.is_hex else 4
 
     @property
     def n_nodes(self) -> int:
@@ -60,13 +110,17 @@ class TetMesh:
         return self.cells.shape[0]
 
     def corner_volumes(self) -> np.ndarray:
-        """Signed volume (mm^3) of each element's straight-sided corner tetrahedron."""
+        """Signed volume (mm^3) of each element's straight-sided corner tetrahedron (hex8:
+        of the trilinear hexahedron)."""
+        if self.is_hex:
+            return hex_volumes(self.points, self.cells)
         p = self.points[self.cells[:, :4]]
         a, b, c = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0], p[:, 3] - p[:, 0]
         return np.einsum("ij,ij->i", a, np.cross(b, c)) / 6.0
 
     def centroids(self) -> np.ndarray:
-        return self.points[self.cells[:, :4]].mean(axis=1)
+        """Mean of the corner nodes (mm): the centroid of a tetrahedron or parallelepiped."""
+        return self.points[self.cells[:, :self.n_corners]].mean(axis=1)
 
     def is_bone(self) -> np.ndarray:
         return self.region == REGION_BONE
@@ -108,11 +162,17 @@ def box_mesh(n, size, origin=(0.0, 0.0, 0.0), region: int = REGION_BONE) -> TetM
     return mesh
 
 
+#: The class holds any of the cell types; ``Mesh`` is the neutral name for new code.
+Mesh = TetMesh
+
+
 TET10_EDGES = np.array([[0, 1], [1, 2], [2, 0], [0, 3], [1, 3], [2, 3]])
 
 
 def to_quadratic(mesh: TetMesh) -> TetMesh:
     """Tet10 mesh with straight edges: one shared mid-edge node per unique edge."""
+    if mesh.is_hex:
+        raise MeshError("to_quadratic takes a tetrahedral mesh; hex8 (voxel) meshes stay linear")
     if mesh.order == 2:
         return mesh
     c = mesh.cells.astype(np.int64)
