@@ -148,3 +148,28 @@ def test_implausible_support_sets_are_refused_or_warned():
         check_audit(audit(1500.0, -16.0, 0.0), body_height_mm=30.0)
     with pytest.raises(ModelError, match="2 node"):
         check_audit(audit(1500.0, -16.0, -12.0, n=2), body_height_mm=30.0)
+
+
+def test_tet10_and_hex_faces_are_held_at_all_their_nodes():
+    """A support holds whole faces: a tet10 face's mid-edge nodes, a hex quad's four corners.
+    (Held at corners only, a tet10 platen is soft: a uniform cylinder lost 15 % of E*A/L.)"""
+    from fesim.imaging.volume import Volume
+    from fesim.mesh.tetmesh import to_quadratic
+    from fesim.mesh.voxel import voxel_mesh
+
+    h = 1.0
+    n = (40, 40, 30)
+    ijk = np.indices(n).reshape(3, -1).T * h
+    rel = ijk - np.array([20.0, 20.0, 15.0])
+    inside = (np.hypot(rel[:, 0], rel[:, 1]) <= 15.0) & (np.abs(rel[:, 2]) <= 11.0)
+    mask = Volume(inside.reshape(n).astype(np.uint8), (h, h, h), (0, 0, 0))
+    regions = subregions(mask, body_axis=(0, 0, 1))
+    bf = BodyFrame.from_regions(regions)
+    for mesh in (to_quadratic(mesh_vertebra(mask, [], size_mm=2.0)), voxel_mesh(mask)):
+        case = compression_case(mesh, bf)
+        faces, owner, extra = boundary_faces(mesh, with_extra=True)
+        sel = bf.supports(mesh).faces["upper"]
+        assert sel.size > 50 and extra.shape[1] > 0
+        held = np.zeros(mesh.n_nodes, bool)
+        held[case.driven] = True
+        assert held[faces[sel]].all() and held[extra[sel]].all(), "a held face has free nodes"

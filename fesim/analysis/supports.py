@@ -169,6 +169,7 @@ class EndplateSupports:
     lower: np.ndarray
     upper: np.ndarray
     audit: dict = field(default_factory=dict)  # "lower"/"upper" -> SupportAudit
+    faces: dict = field(default_factory=dict)  # "lower"/"upper" -> indices of the boundary faces held
 
 
 def _face_pixels(tri_uv: np.ndarray, fp_origin: np.ndarray, cell: float, shape) -> tuple[np.ndarray, ...]:
@@ -281,7 +282,8 @@ def _projected_area(points, faces, axis) -> float:
 def endplate_supports(points: np.ndarray, faces: np.ndarray, owner_kind: np.ndarray, frame: dict,
                       footprint: Footprint, caps: bool = False, cap_footprints=None,
                       band_mm: float = DEFAULT_BAND_MM, end_percentile: float = 90.0,
-                      bone_nodes: np.ndarray | None = None, check: bool = True) -> EndplateSupports:
+                      bone_nodes: np.ndarray | None = None, check: bool = True,
+                      face_extra: np.ndarray | None = None) -> EndplateSupports:
     """Support node sets at the caudal and cranial ends of the vertebral body.
 
     Parameters
@@ -298,6 +300,8 @@ def endplate_supports(points: np.ndarray, faces: np.ndarray, owner_kind: np.ndar
     end_percentile : percentile of the visible heights taken as the end level
     bone_nodes : node ids of bone elements; with caps, these never support
     check : refuse implausible sets (:func:`check_audit`)
+    face_extra : (F, k) further nodes on each face (tet10 mid-edge nodes, a hex quad's fourth
+        corner): held with the face's corners, or the face would be held at its corners only
 
     Raises
     ------
@@ -309,7 +313,7 @@ def endplate_supports(points: np.ndarray, faces: np.ndarray, owner_kind: np.ndar
     center = np.asarray(frame["body_center"], float)
     ml, ap = np.asarray(frame["ml_axis"], float), np.asarray(frame["ap_axis"], float)
     s = (points - center) @ axis
-    out, audit = {}, {}
+    out, audit, held_faces = {}, {}, {}
     for name, above, cap_code in (("lower", False, 20), ("upper", True, 21)):
         fp = footprint
         if caps and cap_footprints is not None:
@@ -332,6 +336,8 @@ def endplate_supports(points: np.ndarray, faces: np.ndarray, owner_kind: np.ndar
         in_band = np.all(np.abs(depth[faces]) <= band_mm, axis=1)
         sel = cand & in_band
         nodes = np.unique(faces[sel])
+        if face_extra is not None and face_extra.shape[1]:
+            nodes = np.union1d(nodes, face_extra[sel].ravel())
         if caps and bone_nodes is not None:
             nodes = np.setdiff1d(nodes, bone_nodes)
         level = sign * float(coef[0])
@@ -342,8 +348,8 @@ def endplate_supports(points: np.ndarray, faces: np.ndarray, owner_kind: np.ndar
                          end_level_mm=level, band_mm=band_mm, on="caps" if caps else "bone", tilt_deg=tilt)
         if check:
             check_audit(a, frame.get("body_height_mm"))
-        out[name], audit[name] = nodes, a
-    return EndplateSupports(out["lower"], out["upper"], audit)
+        out[name], audit[name], held_faces[name] = nodes, a, np.flatnonzero(sel)
+    return EndplateSupports(out["lower"], out["upper"], audit, held_faces)
 
 
 def check_audit(a: SupportAudit, body_height_mm: float | None = None, min_coverage: float = MIN_COVERAGE,
