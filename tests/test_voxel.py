@@ -389,3 +389,34 @@ def test_phantom_end_to_end_voxel(tmp_path):
     assert r.cell_type == "hex8" and r.n_elements == on_disk["n_elements"]
     assert np.all(cd["bmd_mg_cm3"][r.region == REGION_BONE] > 0)
     assert "TYPE=C3D8" in (tmp_path / "out" / "model.inp").read_text()
+
+
+def test_tet_and_voxel_models_agree_on_the_phantom():
+    """The cross-check on anatomy that the two meshes build independently: the phantom L4 with
+    generated PMMA caps, elastic compression stiffness of tet10 (2 mm) and voxel (1 mm) within
+    10 % (benchmarks/tet_vs_voxel.py runs the nonlinear strengths on the real CT too)."""
+    from fesim.analysis.loadcases import BodyFrame, compression_case
+    from fesim.analysis.strength import run_strength
+    from fesim.imaging.caps import generated_caps
+    from fesim.imaging.phantom import PhantomSpec, make_phantom
+    from fesim.imaging.segmentation import subregions
+    from fesim.mesh.bmdmap import map_bmd
+    from fesim.mesh.caps import assign_cap_regions
+    from fesim.mesh.materials import element_materials
+    from fesim.mesh.mesher import mesh_vertebra
+    from fesim.mesh.tetmesh import to_quadratic
+    from fesim.mesh.voxel import voxel_bmd, voxel_mesh
+
+    ph = make_phantom(PhantomSpec(seed=3, density_scale=0.65))
+    mask = ph.labels.with_data((ph.labels.data == 1).astype(np.uint8))
+    regions = subregions(mask)
+    caps = generated_caps(mask, np.isin(regions.data, (1, 2)), regions.meta["frame"], 5.0)
+    body = mask.with_data(((mask.data > 0) | (caps[0].data > 0) | (caps[1].data > 0)).astype(np.uint8))
+    tet = to_quadratic(assign_cap_regions(mesh_vertebra(body, [], size_mm=2.0), *caps))
+    vox = voxel_mesh(mask, caps=caps)
+    bf = BodyFrame.from_regions(regions)
+    k = {}
+    for name, mesh, bmd in (("tet", tet, map_bmd(tet, ph.bmd, mask)), ("voxel", vox, voxel_bmd(vox, ph.bmd, mask))):
+        mat = element_materials(mesh, bmd, ash_method="identity")
+        k[name] = run_strength(mesh, mat.E, mat.nu, compression_case(mesh, bf), max_steps=0).stiffness_N_per_mm
+    assert abs(k["voxel"] / k["tet"] - 1.0) < 0.10, k
