@@ -721,3 +721,23 @@ def write_dicom_series(volume: Volume, out_dir, compressed: str | None = None,
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = f"{intercept:g}", f"{slope:g}", "HU"
         paths.append(finish(ds, stored[k], out / names[k]))
     return paths
+
+
+#: Header fields copied by :func:`read_identifiers` (only on the user's explicit request).
+IDENTIFIER_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "StudyDate",
+                   "StudyInstanceUID", "SeriesInstanceUID", "InstitutionName")
+
+
+def read_identifiers(path, series_uid: str | None = None) -> dict:
+    """Identifying header fields of the series :func:`read_dicom_series` reads.
+
+    Only for ``--keep-identifiers`` (an explicit opt-in): everything else fesim writes holds
+    no identifier. Values are strings; absent fields are left out.
+    """
+    infos = list_series(path)
+    info = next((s for s in infos if s.uid == series_uid), None) if series_uid else \
+        next((s for s in infos if s.chosen), infos[0])
+    if info is None:
+        raise DicomError(f"series {series_uid} not found in {path}")
+    ds = _read(info.slices[0].path, headers_only=True)
+    return {k: str(ds.get(k)) for k in IDENTIFIER_TAGS if ds is not None and ds.get(k) not in (None, "")}
