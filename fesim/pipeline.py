@@ -109,6 +109,11 @@ def load_image(scan, opts: RunOptions) -> Volume:
     """Read a DICOM folder or a NIfTI file into a HU (or density) volume."""
     scan = Path(scan)
     if not scan.exists():
+        if scan.is_symlink():
+            try:
+                scan.stat()
+            except OSError as exc:
+                raise InputError(f"{scan} is a broken symbolic link or a link loop ({exc.strerror})") from None
         raise InputError(f"no such file or folder: {scan}")
     name = scan.name.lower()
     if scan.is_file() and (name.endswith(".nii") or name.endswith(".nii.gz")):
@@ -198,7 +203,7 @@ def check_numbers(opts: RunOptions) -> None:
     for name in positive:
         v = getattr(opts, name)
         if v is not None and not (isinstance(v, (int, float)) and np.isfinite(v) and v > 0):
-            raise OptionError(f"{name.replace('_mm', '').replace('_', '-')} must be a positive number of mm, "
+            raise OptionError(f"--{name.replace('_mm', '').replace('_', '-')} must be a positive number of mm, "
                               f"got {v!r}")
     for name in ("screw_entry", "screw_direction"):
         v = getattr(opts, name)

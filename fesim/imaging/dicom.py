@@ -158,7 +158,9 @@ def _find_files(path: Path) -> list[Path]:
     if dicomdir.is_file():
         try:
             ds = pydicom.dcmread(dicomdir)
-            records = list(ds.get("DirectoryRecordSequence", []))
+            if "DirectoryRecordSequence" not in ds:
+                raise ValueError("no directory records")
+            records = list(ds.DirectoryRecordSequence)
         except Exception as exc:  # arbitrary bytes fail in many ways
             raise DicomError(f"DICOMDIR {dicomdir} is unreadable or corrupt: {_first_line(exc)}") from None
         root = dicomdir.parent.resolve()
@@ -434,8 +436,10 @@ def _check_values(slices) -> None:
                 and abs(np.linalg.norm(o[3:]) - 1) < 0.01 and abs(o[:3] @ o[3:]) < 0.01):
             raise DicomError(f"{s.name}: ImageOrientationPatient {o.tolist()} is not two orthogonal "
                              f"unit vectors")
-        if not (np.isfinite(s.slope) and s.slope != 0):
-            raise DicomError(f"{s.name}: RescaleSlope {s.slope:g} would make every voxel the same value; "
+        if not np.isfinite(s.slope):
+            raise DicomError(f"{s.name}: RescaleSlope {s.slope:g} is not a finite number")
+        if s.slope == 0:
+            raise DicomError(f"{s.name}: RescaleSlope 0 would make every voxel the same value; "
                              f"the slope must be a non-zero number")
         if not np.isfinite(s.intercept):
             raise DicomError(f"{s.name}: RescaleIntercept {s.intercept:g} is not a finite number")

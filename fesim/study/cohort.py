@@ -168,10 +168,10 @@ def load_manifest(path, allow_outside: bool = False) -> list[dict]:
         if not r["path"] or not p.exists():
             raise InputError(f"manifest {path.name}: scan of {r['patient']} month {r['month']} "
                              f"not found: {r['path'] or '(empty)'}")
-        r["path"] = str(p.resolve())
+        given, r["path"] = r["path"], str(p.resolve())
         if not allow_outside and not p.resolve().is_relative_to(path.parent.resolve()):
             raise ManifestError(f"manifest {path.name}: scan of {r['patient']} month {r['month']} is "
-                                f"outside the study folder {path.parent.resolve()}: {r['path']} (move it "
+                                f"outside the study folder {path.parent.resolve()}: {given} (move it "
                                 f"in, or allow it with --allow-outside-paths)")
         if r.get("dxa_abmd_g_cm2", None) == "":
             r["dxa_abmd_g_cm2"] = None
