@@ -458,7 +458,8 @@ def _argv(args, tmp):
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_corpus_case(name, base, tmp_path, capsys):
+def test_corpus_case(name, base, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FESIM_MEMORY_LIMIT_GB", "16")  # a fixed budget: the same message twice
     build, exc_type, pattern = CASES[name]
     args, needle = build(base, tmp_path)
     argv = _argv(args, tmp_path)
