@@ -341,7 +341,7 @@ def list_series(path) -> list[SeriesInfo]:
                 _, pos = _positions(slices)
             gaps = np.diff(np.sort(pos))
             spacing = float(np.median(gaps)) if gaps.size else np.nan
-        tsyntax = getattr(ds.get("file_meta", None), "TransferSyntaxUID", None)
+        tsyntax = _transfer_syntax(ds)
         iop = slices[0].orientation
         infos.append(SeriesInfo(
             uid=key, modality=str(ds.get("Modality", "")), n_files=len(items), n_slices=len(slices),
@@ -449,14 +449,14 @@ def _decode(path: Path, ds) -> np.ndarray:
     """Pixel data of a file as (frames, rows, columns)."""
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise DicomError(f"{path.name} has no pixel data (a header-only or stripped file)")
-    ts = getattr(ds.get("file_meta", None), "TransferSyntaxUID", None)
+    ts = _transfer_syntax(ds)
     name = ts.name if ts else "unknown transfer syntax"
     rows, cols = _tag_int(ds.get("Rows")), _tag_int(ds.get("Columns"))
     spp = _tag_int(ds.get("SamplesPerPixel", 1))
     if spp != 1:
         raise DicomError(f"{path.name} has {spp} samples per pixel (a colour or secondary-capture "
                          f"image), not a CT slice")
-    if "PixelData" in ds and ts is not None and not ts.is_compressed:
+    if "PixelData" in ds and ts is not None and ts.is_transfer_syntax and not ts.is_compressed:
         frames = max(_tag_int(ds.get("NumberOfFrames", 1) or 1), 1)
         need = rows * cols * frames * (_tag_int(ds.get("BitsAllocated", 16)) // 8)
         have = len(ds.PixelData)
@@ -477,6 +477,18 @@ def _decode(path: Path, ds) -> np.ndarray:
     except ValueError:
         raise DicomError(f"pixel data of {path.name} ({arr.shape}) do not match its Rows x Columns "
                          f"{rows} x {cols}") from None
+
+
+def _transfer_syntax(ds):
+    """The file's TransferSyntaxUID as a pydicom UID, or None when absent or malformed."""
+    from pydicom.uid import UID
+
+    ts = getattr(ds.get("file_meta", None), "TransferSyntaxUID", None)
+    try:
+        ts = UID(str(ts)) if ts else None
+        return ts if ts is not None and ts.is_valid else None
+    except Exception:  # a value pydicom cannot hold as a UID
+        return None
 
 
 def _decoder_available(ts) -> bool:
@@ -580,7 +592,7 @@ def _number(value) -> float | None:
 def _technical_meta(ds, series_key: str, n_slices: int) -> dict:
     """Non-identifying fields of a header; the series UID only as a salted hash."""
     kernel = ds.get("ConvolutionKernel", "")
-    ts = getattr(ds.get("file_meta", None), "TransferSyntaxUID", None)
+    ts = _transfer_syntax(ds)
     return {
         "modality": str(ds.get("Modality", "")),
         "manufacturer": str(ds.get("Manufacturer", "")),
