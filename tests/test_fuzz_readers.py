@@ -203,8 +203,24 @@ def _series_with(edit):
     lambda ds: setattr(ds, "Rows", None),                      # empty US
     lambda ds: setattr(ds, "ImageOrientationPatient", ["0"] * 6),  # zero normal: division by zero
     lambda ds: setattr(ds.file_meta, "TransferSyntaxUID", ""),  # found: str has no .is_compressed
+    lambda ds: setattr(ds, "PixelData", ""),                   # found: len(None) in the size check
 ])
 def test_fuzz_regressions(edit, tmp_path):
     _write(tmp_path, _series_with(edit))
+    with pytest.raises(FesimError):
+        read_dicom_series(tmp_path)
+
+
+@pytest.mark.parametrize("flips", [
+    [(1103, 0)],              # found: SamplesPerPixel's VR becomes 'U\\0' (NotImplementedError, pixel stage)
+    [(163, 76), (672, 0)],    # found: the same in the file meta, when looking for a truncated CT file
+])
+def test_fuzz_regression_bad_vr_byte(flips, tmp_path):
+    files = list(SERIES)
+    data = bytearray(files[0][1])
+    for pos, val in flips:
+        data[pos] = val
+    files[0] = (files[0][0], bytes(data))
+    _write(tmp_path, files)
     with pytest.raises(FesimError):
         read_dicom_series(tmp_path)

@@ -287,6 +287,11 @@ def _series_key(ds) -> str:
     return "auto-" + pseudonym("|".join(parts))[1:]
 
 
+def _sop_class(ds) -> str:
+    meta = ds.get("file_meta", None)
+    return str(getattr(meta, "MediaStorageSOPClassUID", "") or ds.get("SOPClassUID", ""))
+
+
 def _scan(path) -> tuple[dict, dict]:
     """Group readable DICOM image files below ``path`` by series key."""
     path = Path(path)
@@ -294,16 +299,18 @@ def _scan(path) -> tuple[dict, dict]:
     groups, headers = defaultdict(list), {}
     for f in files:
         ds = _read(f, headers_only=True)
-        if ds is not None and "Rows" not in ds:
-            sop = str(getattr(ds.get("file_meta", None), "MediaStorageSOPClassUID", "") or ds.get("SOPClassUID", ""))
-            if sop in CT_SOP_CLASSES:  # a CT image file that ends before its image header
-                raise DicomError(f"{f.name} is a truncated or corrupt CT image file (no Rows/Columns "
-                                 f"in its header, {f.stat().st_size} bytes)")
-        if ds is None or "Rows" not in ds:  # not DICOM, DICOMDIR, or no image (SR, RTSTRUCT...)
+        if ds is None:
             continue
         try:
+            if "Rows" not in ds:
+                if _sop_class(ds) in CT_SOP_CLASSES:  # a CT image file that ends before its image header
+                    raise DicomError(f"{f.name} is a truncated or corrupt CT image file (no Rows/Columns "
+                                     f"in its header, {f.stat().st_size} bytes)")
+                continue  # DICOMDIR, or no image (SR, RTSTRUCT...)
             key = _series_key(ds)
             _slices_of(ds, f)
+        except DicomError:
+            raise
         except Exception as exc:  # values that pydicom cannot convert, odd sequences, ...
             raise DicomError(f"malformed DICOM header in {f.name}: {_first_line(exc)}") from None
         groups[key].append((f, ds))
@@ -333,31 +340,39 @@ def list_series(path) -> list[SeriesInfo]:
     groups, headers = _scan(path)
     infos = []
     for key, items in groups.items():
-        ds = headers[key]
-        slices = [s for f, d in items for s in _slices_of(d, f)]
-        spacing = np.nan
-        if len(slices) > 1 and all(s.position is not None and s.orientation is not None for s in slices):
-            with np.errstate(all="ignore"):  # degenerate orientations are refused when read
-                _, pos = _positions(slices)
-            gaps = np.diff(np.sort(pos))
-            spacing = float(np.median(gaps)) if gaps.size else np.nan
-        tsyntax = _transfer_syntax(ds)
-        iop = slices[0].orientation
-        infos.append(SeriesInfo(
-            uid=key, modality=str(ds.get("Modality", "")), n_files=len(items), n_slices=len(slices),
-            rows=_tag_int(ds.get("Rows", 0)), columns=_tag_int(ds.get("Columns", 0)),
-            pixel_spacing_mm=tuple(np.atleast_1d(slices[0].pixel_spacing).astype(float).tolist()
-                                   if slices[0].pixel_spacing is not None else ()),
-            slice_spacing_mm=spacing,
-            orientation=tuple(float(v) for v in (iop if iop is not None else [])),
-            description=str(ds.get("SeriesDescription", "")),
-            transfer_syntax=tsyntax.name if tsyntax else "",
-            size_mb=sum(f.stat().st_size for f, _ in items) / 1e6,
-            is_ct=_is_ct(ds), slices=slices))
+        try:
+            infos.append(_series_info(key, items, headers[key]))
+        except Exception as exc:  # elements pydicom cannot convert
+            raise DicomError(f"malformed DICOM header in {_short([f for f, _ in items], 1)}: "
+                             f"{_first_line(exc)}") from None
     cts = [s for s in infos if s.is_ct]
     if cts:
         max(cts, key=lambda s: (s.n_slices, s.uid)).chosen = True
     return sorted(infos, key=lambda s: (not s.chosen, -s.n_slices, s.uid))
+
+
+def _series_info(key: str, items, ds) -> SeriesInfo:
+    """Summary of one series (its files and first header)."""
+    slices = [s for f, d in items for s in _slices_of(d, f)]
+    spacing = np.nan
+    if len(slices) > 1 and all(s.position is not None and s.orientation is not None for s in slices):
+        with np.errstate(all="ignore"):  # degenerate orientations are refused when read
+            _, pos = _positions(slices)
+        gaps = np.diff(np.sort(pos))
+        spacing = float(np.median(gaps)) if gaps.size else np.nan
+    tsyntax = _transfer_syntax(ds)
+    iop = slices[0].orientation
+    return SeriesInfo(
+        uid=key, modality=str(ds.get("Modality", "")), n_files=len(items), n_slices=len(slices),
+        rows=_tag_int(ds.get("Rows", 0)), columns=_tag_int(ds.get("Columns", 0)),
+        pixel_spacing_mm=tuple(np.atleast_1d(slices[0].pixel_spacing).astype(float).tolist()
+                               if slices[0].pixel_spacing is not None else ()),
+        slice_spacing_mm=spacing,
+        orientation=tuple(float(v) for v in (iop if iop is not None else [])),
+        description=str(ds.get("SeriesDescription", "")),
+        transfer_syntax=tsyntax.name if tsyntax else "",
+        size_mb=sum(f.stat().st_size for f, _ in items) / 1e6,
+        is_ct=_is_ct(ds), slices=slices)
 
 
 def _check_geometry(slices, spacing_tol: float) -> tuple[list, np.ndarray, float]:
@@ -447,7 +462,16 @@ def _check_values(slices) -> None:
 
 def _decode(path: Path, ds) -> np.ndarray:
     """Pixel data of a file as (frames, rows, columns)."""
-    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+    try:
+        return _decode_checked(path, ds)
+    except DicomError:
+        raise
+    except Exception as exc:  # elements pydicom cannot convert (bad VR, bad length, ...)
+        raise DicomError(f"malformed DICOM header or pixel data in {path.name}: {_first_line(exc)}") from None
+
+
+def _decode_checked(path: Path, ds) -> np.ndarray:
+    if not any(ds.get(k) for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise DicomError(f"{path.name} has no pixel data (a header-only or stripped file)")
     ts = _transfer_syntax(ds)
     name = ts.name if ts else "unknown transfer syntax"
@@ -578,7 +602,10 @@ def read_dicom_series(path, series_uid: str | None = None, allow_non_ct: bool = 
 
     direction = np.column_stack([first.orientation[:3], first.orientation[3:], normal])
     spacing = [first.pixel_spacing[1], first.pixel_spacing[0], step]
-    meta = _technical_meta(header, info.uid, len(slices))
+    try:
+        meta = _technical_meta(header, info.uid, len(slices))
+    except Exception as exc:  # elements pydicom cannot convert
+        raise DicomError(f"malformed DICOM header in {_short(slices, 1)}: {_first_line(exc)}") from None
     return Volume(data, spacing, first.position, direction, meta)
 
 
