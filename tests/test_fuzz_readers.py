@@ -204,6 +204,7 @@ def _series_with(edit):
     lambda ds: setattr(ds, "ImageOrientationPatient", ["0"] * 6),  # zero normal: division by zero
     lambda ds: setattr(ds.file_meta, "TransferSyntaxUID", ""),  # found: str has no .is_compressed
     lambda ds: setattr(ds, "PixelData", ""),                   # found: len(None) in the size check
+    lambda ds: setattr(ds, "RescaleSlope", 2.350016337931741e+35),  # found: float32 overflow to inf HU
 ])
 def test_fuzz_regressions(edit, tmp_path):
     _write(tmp_path, _series_with(edit))

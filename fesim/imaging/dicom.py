@@ -594,7 +594,11 @@ def read_dicom_series(path, series_uid: str | None = None, allow_non_ct: bool = 
             s = slices[k]
             if (s.frame or 0) >= frames.shape[0]:
                 raise DicomError(f"{p.name} holds {frames.shape[0]} frame(s), frame {s.frame + 1} is missing")
-            data[:, :, k] = frames[s.frame or 0].T * np.float32(s.slope) + np.float32(s.intercept)
+            with np.errstate(over="ignore", invalid="ignore"):
+                data[:, :, k] = frames[s.frame or 0].T * np.float32(s.slope) + np.float32(s.intercept)
+            if not np.all(np.isfinite(data[:, :, k])):
+                raise DicomError(f"{s.name}: RescaleSlope {s.slope:g} / RescaleIntercept {s.intercept:g} "
+                                 f"overflow the image values (beyond 3.4e38)")
     lo, hi = float(data.min()), float(data.max())
     if lo == hi:
         raise DicomError(f"every voxel of the series has the value {lo:g} (blank pixel data?) in "
