@@ -7,6 +7,7 @@ with code 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -30,7 +31,10 @@ def _floats(text, n=None):
 
 
 def _vec3(text):
-    return _floats(text, 3)
+    vals = _floats(text, 3)
+    if not all(math.isfinite(v) for v in vals):
+        raise argparse.ArgumentTypeError(f"expected three finite numbers, got {text!r}")
+    return vals
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -100,6 +104,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    + ". A protocol sets the options it names (see docs/methods.md)")
     g.add_argument("--solver", default="auto", choices=["auto", "amg", "direct", "cholmod", "pardiso"])
     g.add_argument("--no-vtk", dest="write_vtk", action="store_false", help="skip VTU output")
+    g.add_argument("--keep-identifiers", dest="keep_identifiers", action="store_true",
+                   help="copy the DICOM patient and study identifiers into result.json (off by default: "
+                        "outputs carry pseudonyms only)")
     g.add_argument("--export", type=lambda t: tuple(x for x in t.split(",") if x), default=(),
                    help="also write the model for other solvers: inp (CalculiX/Abaqus), feb (FEBio), "
                         "comma-separated")
@@ -152,7 +159,11 @@ def cmd_cohort(args):
     from .study.cohort import load_manifest, run_cohort
     from .study.report import write_report
 
-    scans = load_manifest(args.manifest)
+    if args.workers is not None and args.workers < 1:
+        from .errors import OptionError
+
+        raise OptionError(f"--workers must be at least 1, got {args.workers}")
+    scans = load_manifest(args.manifest, allow_outside=args.allow_outside_paths)
     rows = run_cohort(scans, args.out, backend=args.backend, n_workers=args.workers,
                       scheduler_address=args.scheduler, options=_run_options(args))
     write_report(rows, args.out)
@@ -197,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--backend", default="local", choices=["local", "processes", "dask"])
     q.add_argument("--workers", type=int)
     q.add_argument("--scheduler", help="address of a running dask scheduler (cluster)")
+    q.add_argument("--allow-outside-paths", action="store_true",
+                   help="accept scan paths outside the manifest's folder")
     add_run_options(q)
     q.set_defaults(func=cmd_cohort)
 
@@ -229,6 +242,11 @@ def main(argv=None) -> int:
         if args.debug:
             raise
         print(f"fesim: error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        if args.debug:
+            raise
+        print("fesim: error: out of memory; use a coarser --mesh-size or fewer --workers", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fesim: interrupted", file=sys.stderr)

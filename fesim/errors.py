@@ -48,3 +48,15 @@ class ModelError(FesimError):
 
 class SolverError(FesimError):
     """The linear solver failed (singular system, no convergence, ...)."""
+
+
+class ManifestError(InputError):
+    """A cohort manifest (CSV) is malformed, or names scans or patients it must not."""
+
+
+class OptionError(InputError):
+    """A command-line option or run option has an invalid value."""
+
+
+class ResourceError(FesimError):
+    """The work would exceed the available memory (predicted before allocating)."""

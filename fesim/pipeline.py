@@ -18,6 +18,7 @@ import numpy as np
 from . import __version__
 from .errors import InputError
 from .io.atomic import atomic_write_json
+from .provenance import provenance
 from .imaging.volume import Volume
 from .imaging.screwplan import TIP_SHAPES, ScrewPlan
 from .material import ASH_EQUATIONS, LAWS, check_ash_equation, check_bmd_material
@@ -65,6 +66,7 @@ class RunOptions:
     max_steps: int = 60
     strength_accuracy: str = "standard"     # standard | screening (fewer, looser secant iterations)
     protocol: str = "fesim"                 # fesim | spine-benchmark (fesim.analysis.protocols)
+    keep_identifiers: bool = False          # opt-in: copy DICOM patient/study identifiers to result.json
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunOptions":
@@ -94,6 +96,7 @@ class RunOptions:
         check_bmd_material(opts.rod_material)
         if opts.calibration in ("phantom", "none"):  # BMD material known now: refuse before any work
             check_ash_equation(opts.ash_conversion, opts.rod_material)
+        check_numbers(opts)
         return opts
 
 
@@ -118,6 +121,11 @@ def load_image(scan, opts: RunOptions) -> Volume:
     """Read a DICOM folder or a NIfTI file into a HU (or density) volume."""
     scan = Path(scan)
     if not scan.exists():
+        if scan.is_symlink():
+            try:
+                scan.stat()
+            except OSError as exc:
+                raise InputError(f"{scan} is a broken symbolic link or a link loop ({exc.strerror})") from None
         raise InputError(f"no such file or folder: {scan}")
     name = scan.name.lower()
     if scan.is_file() and (name.endswith(".nii") or name.endswith(".nii.gz")):
@@ -195,6 +203,55 @@ def end_caps(mask: Volume, labels: Volume | None, regions: Volume, frame: dict, 
     if opts.caps != "none":
         raise InputError(f"--caps must be none or pmma, not {opts.caps!r}")
     return None
+
+
+def check_numbers(opts: RunOptions) -> None:
+    """Raise :class:`~fesim.errors.OptionError` for a non-finite or non-positive size, a zero
+    screw direction or a non-finite screw entry (before any work is done)."""
+    from .errors import OptionError
+
+    positive = ("mesh_size_mm", "screw_mesh_size_mm", "cap_thickness_mm", "screw_length_mm",
+                "screw_diameter_mm", "screw_roi_radius_mm")
+    for name in positive:
+        v = getattr(opts, name)
+        if v is not None and not (isinstance(v, (int, float)) and np.isfinite(v) and v > 0):
+            raise OptionError(f"--{name.replace('_mm', '').replace('_', '-')} must be a positive number of mm, "
+                              f"got {v!r}")
+    for name in ("screw_entry", "screw_direction"):
+        v = getattr(opts, name)
+        if v is None:
+            continue
+        arr = np.asarray(v, dtype=float) if np.ndim(v) == 1 and len(v) == 3 else None
+        if arr is None or not np.all(np.isfinite(arr)):
+            raise OptionError(f"--{name.replace('_', '-')} must be three finite numbers x,y,z, got {v!r}")
+        if name == "screw_direction" and np.linalg.norm(arr) < 1e-9:
+            raise OptionError(f"--screw-direction {v!r} is the zero vector; give the screw axis, "
+                              f"head to tip, e.g. 0,1,0")
+    if not (np.isfinite(opts.nu_bone) and -1 < opts.nu_bone < 0.5):
+        raise OptionError(f"nu_bone must lie in (-1, 0.5), got {opts.nu_bone!r}")
+    if not (isinstance(opts.max_steps, int) and opts.max_steps >= 1):
+        raise OptionError(f"max_steps must be a positive integer, got {opts.max_steps!r}")
+
+
+def check_model_size(mask: Volume, screws, opts: RunOptions) -> None:
+    """Predict the model's memory from the bone volume and the element sizes and raise
+    :class:`~fesim.errors.ResourceError` before meshing when it cannot fit.
+
+    Counts: ~6 tetrahedra per lattice cube of ``mesh_size_mm`` in the bone, the same at
+    ``screw_mesh_size_mm`` in a 3 mm shell around each screw; ~1.2 (tet4) or ~10 (tet10) KB
+    per element for the mesh, the stiffness matrix and the solver.
+    """
+    from .resources import check_budget
+
+    bone_mm3 = float(np.count_nonzero(mask.data)) * float(np.prod(mask.spacing))
+    n = 6.0 * bone_mm3 / opts.mesh_size_mm ** 3
+    for s in screws:
+        r = 0.5 * s.diameter_mm + 3.0
+        n += 6.0 * np.pi * r * r * s.length_mm / opts.screw_mesh_size_mm ** 3
+    per = 10e3 if opts.element_order == 2 else 1.2e3
+    check_budget(n * per, f"a model of about {n / 1e6:.3g} million elements (bone {bone_mm3 / 1e3:.3g} cm^3 "
+                 f"at {opts.mesh_size_mm:g} mm, screws at {opts.screw_mesh_size_mm:g} mm)",
+                 "use a larger --mesh-size / --screw-mesh-size")
 
 
 def plan(mask: Volume, regions: Volume, opts: RunOptions) -> list[ScrewPlan]:
@@ -312,6 +369,7 @@ def _run(scan, out_dir, opts: RunOptions) -> dict:
         screws = plan(mask, regions, opts)
     with T("bmd"):
         measures = bmd_measures(bmd, mask, regions, frame, screws, opts)
+    check_model_size(mask, screws, opts)
     with T("mesh"):
         if opts.mesh == "voxel":  # one hex8 per voxel; element_order and mesh sizes do not apply
             from .mesh.voxel import voxel_mesh
@@ -392,7 +450,12 @@ def _run(scan, out_dir, opts: RunOptions) -> dict:
                      for name, r in analyses.items()},
         "options": asdict(opts),
         "protocol": opts.protocol,
+        "provenance": provenance(scan, asdict(opts), opts.labels),
     }
+    if opts.keep_identifiers:  # explicit opt-in only: results otherwise carry pseudonyms
+        from .imaging.dicom import read_identifiers
+
+        result["identifiers"] = read_identifiers(scan, opts.series_uid) if Path(scan).is_dir() else {}
     if protocol.failure_displacement_mm is not None:
         result.update(benchmark_numbers(comp, protocol))
     return result

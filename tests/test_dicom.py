@@ -285,7 +285,7 @@ def test_mixed_sizes_and_spacing(copy, tmp_path):
     arr = ds.pixel_array[:-10]
     ds.Rows, ds.PixelData = arr.shape[0], arr.tobytes()
     ds.save_as(f)
-    with pytest.raises(DicomError, match="mixed rows"):
+    with pytest.raises(DicomError, match=rf"mixed matrix sizes.*{f.name}"):
         read_dicom_series(copy)
 
 
@@ -308,8 +308,9 @@ def test_corrupt_jpeg2000(phantom, tmp_path):
     from pydicom.encaps import encapsulate
     ds.PixelData = encapsulate([b"\x00" * 200])
     ds.save_as(f)
-    with pytest.raises(DicomError, match=f"cannot decode pixel data of {f.name}"):
+    with pytest.raises(DicomError, match=f"corrupt pixel data in {f.name}") as e:
         read_dicom_series(out)
+    assert "install" not in str(e.value)  # the decoder is there: the data are broken
 
 
 # ---- real data ---------------------------------------------------------------------

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
 
 from ..fem.post import element_fields
+from ..io.atomic import atomic_path, atomic_write_text
 from ..io.vtk import write_pvd, write_vtu
 from ..mesh.tetmesh import TetMesh
 from .loadcases import LoadCase, boundary_faces
@@ -40,10 +42,11 @@ def _figure(size, dpi):
 
 def write_curve(path_csv: Path, res: StrengthResult, png: bool = True) -> None:
     """Force-displacement curve as CSV (mm, N) and, optionally, a PNG plot."""
-    with open(path_csv, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["displacement_mm", "force_N"])
-        w.writerows(zip(res.curve_displacement_mm, res.curve_force_N))
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["displacement_mm", "force_N"])
+    w.writerows(zip(res.curve_displacement_mm, res.curve_force_N))
+    atomic_write_text(path_csv, buf.getvalue())
     if png:
         fig = _figure((4.5, 3.2), 110)
         ax = fig.subplots()
@@ -56,7 +59,8 @@ def write_curve(path_csv: Path, res: StrengthResult, png: bool = True) -> None:
         ax.set_title(res.name)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(path_csv.with_suffix(".png"))
+        with atomic_path(path_csv.with_suffix(".png")) as tmp:
+            fig.savefig(tmp)
 
 
 def bc_point_data(mesh: TetMesh, case: LoadCase) -> dict:
@@ -110,7 +114,8 @@ def plot_boundary_conditions(path: Path, mesh: TetMesh, case: LoadCase, frame) -
     h, lab = axes[0].get_legend_handles_labels()
     fig.legend(h[1:], lab[1:], loc="lower center", fontsize=7, ncol=1, markerscale=3)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
 
 
 def write_case_outputs(out: Path, mesh: TetMesh, mat, bmd, res: StrengthResult, vtk: bool = True,

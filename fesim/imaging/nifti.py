@@ -84,6 +84,11 @@ def read_nifti(path, kind: str = "ct", density_units: str = "K2HPO4") -> Volume:
 
     affine = np.asarray(img.affine, dtype=float)
     spacing, direction, origin = _split_affine(RAS_TO_LPS @ affine, path.name)
+    from fesim.resources import check_budget
+
+    check_budget(float(np.prod(shape[:3], dtype=float)) * 12.0,
+                 f"{path.name}: an image of {' x '.join(map(str, shape[:3]))} voxels (its header's dim)",
+                 "is the header right?")
 
     try:
         raw = np.asanyarray(img.dataobj)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from fesim.errors import InputError
+from fesim.io.atomic import atomic_write_text
 from fesim.mesh.materials import bin_materials
 from fesim.mesh.tetmesh import TetMesh
 
@@ -105,7 +106,7 @@ def write_inp(path, mesh: TetMesh, E, nu, node_sets: dict | None = None, n_bins:
                 out.append(f"{_target(target, node_sets)}, {int(dof)}, {float(val):.9g}")
         out += ["*NODE FILE", "U, RF", "*EL FILE", "S, E", "*END STEP"]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text("\n".join(out) + "\n")
+    atomic_write_text(Path(path), "\n".join(out) + "\n")
     return err
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -39,3 +40,27 @@ def json_default(o):
 def atomic_write_json(path, obj) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     atomic_write_text(Path(path), json.dumps(obj, indent=2, default=json_default) + "\n")
+
+
+@contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path`` (same suffix, so writers infer the format); on
+    success it replaces ``path`` in one step, on error it is removed.
+
+    For writers that take a file name (meshio, matplotlib)::
+
+        with atomic_path(out / "a.vtu") as tmp:
+            meshio.write(tmp, mesh)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from fesim.errors import InputError
+from fesim.io.atomic import atomic_write_text
 from fesim.mesh.materials import bin_materials
 from fesim.mesh.tetmesh import TetMesh
 
@@ -66,7 +67,7 @@ def write_feb(path, mesh: TetMesh, E, nu, node_sets: dict | None = None, n_bins:
     out += [f'    <SolidDomain name="{n}" mat="M{k}"/>' for n, k in parts]
     out += ["  </MeshDomains>", "</febio_spec>", ""]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text("\n".join(out))
+    atomic_write_text(Path(path), "\n".join(out))
     return err
 
 

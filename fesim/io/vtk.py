@@ -9,6 +9,7 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from fesim.errors import InputError
+from fesim.io.atomic import atomic_path, atomic_write_text
 from fesim.mesh.tetmesh import TetMesh
 
 _VTK_TYPE = {4: "tetra", 10: "tetra10", 8: "hexahedron"}
@@ -41,7 +42,8 @@ def write_vtu(path, mesh: TetMesh, cell_data: dict | None = None, point_data: di
         pd[k] = v
     m = meshio.Mesh(mesh.points, [(_VTK_TYPE[mesh.cells.shape[1]], mesh.cells)], point_data=pd, cell_data=cd)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meshio.write(path, m, file_format="vtu", binary=True, compression="zlib")
+    with atomic_path(path) as tmp:
+        meshio.write(tmp, m, file_format="vtu", binary=True, compression="zlib")
     return path
 
 
@@ -80,5 +82,5 @@ def write_pvd(path, entries) -> Path:
         lines.append(f'    <DataSet timestep="{float(t):.9g}" group="" part="0" file={quoteattr(str(rel))}/>')
     lines += ["  </Collection>", "</VTKFile>", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
     return path

@@ -25,7 +25,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fesim.errors import InputError
+from fesim.errors import InputError, ManifestError
 from fesim.io.atomic import atomic_write_json, atomic_write_text, json_default as _json_default  # noqa: F401
 
 log = logging.getLogger("fesim.study")
@@ -79,8 +79,9 @@ def _as_scan(item) -> Scan:
         except TypeError:
             raise InputError(f"cannot read a scan from {type(item).__name__}") from None
     patient = str(d.get("patient", "")).strip()
-    if not _SAFE_ID.match(patient):
-        raise InputError(f"patient ID {patient!r} must be letters, digits, '.', '_' or '-'")
+    if not _SAFE_ID.match(patient) or len(patient) > 64:
+        raise InputError(f"patient ID {patient!r} must be 1-64 letters, digits, '.', '_' or '-' "
+                         f"(it names the output folder)")
     m = d.get("month")
     try:
         month = int(m) if isinstance(m, (int, float)) else int(str(m).strip())
@@ -117,11 +118,31 @@ def normalise_scans(scans) -> list[Scan]:
     return out
 
 
-def load_manifest(path) -> list[dict]:
+def _read_manifest_rows(path: Path):
+    """``(fieldnames, rows)`` of a manifest CSV; :class:`ManifestError` for what is not one."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ManifestError(f"cannot read manifest {path}: {exc.strerror or exc}") from None
+    if b"\x00" in raw:
+        raise ManifestError(f"manifest {path.name} is not a text CSV file (it holds NUL bytes)")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"manifest {path.name} is not UTF-8 text (byte {exc.start}); save it as UTF-8 CSV") from None
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+        return reader.fieldnames, list(reader)
+    except csv.Error as exc:
+        raise ManifestError(f"manifest {path.name} is malformed CSV (line {reader.line_num}: {exc})") from None
+
+
+def load_manifest(path, allow_outside: bool = False) -> list[dict]:
     """Read a cohort manifest CSV with columns ``patient,month,path[,dxa_abmd_g_cm2]``.
 
     Relative scan paths are resolved against the manifest's folder. Other columns are ignored
-    (with a warning).
+    (with a warning). Scans must lie inside the manifest's folder (the study folder, links
+    resolved) unless ``allow_outside``: a manifest cannot make fesim read elsewhere.
 
     Raises
     ------
@@ -131,15 +152,14 @@ def load_manifest(path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"manifest not found: {path}")
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        missing = {"patient", "month", "path"} - {c.strip() for c in reader.fieldnames or () if c}
-        if missing:
-            raise InputError(f"manifest {path.name} lacks column(s): {', '.join(sorted(missing))}")
-        known = ("patient", "month", "path", "dxa_abmd_g_cm2")
-        ignored = [c for c in reader.fieldnames if c and c.strip() not in known]
-        rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k and k.strip() in known}
-                for r in reader]
+    fieldnames, records = _read_manifest_rows(path)
+    missing = {"patient", "month", "path"} - {c.strip() for c in fieldnames or () if c}
+    if missing:
+        raise ManifestError(f"manifest {path.name} lacks column(s): {', '.join(sorted(missing))}")
+    known = ("patient", "month", "path", "dxa_abmd_g_cm2")
+    ignored = [c for c in fieldnames if c and c.strip() not in known]
+    rows = [{k.strip(): (v if isinstance(v, str) else "").strip() for k, v in r.items()
+             if k and k.strip() in known} for r in records]
     if ignored:
         log.warning("manifest %s: ignoring column(s) %s", path.name, ", ".join(ignored))
     for r in rows:
@@ -148,7 +168,11 @@ def load_manifest(path) -> list[dict]:
         if not r["path"] or not p.exists():
             raise InputError(f"manifest {path.name}: scan of {r['patient']} month {r['month']} "
                              f"not found: {r['path'] or '(empty)'}")
-        r["path"] = str(p.resolve())
+        given, r["path"] = r["path"], str(p.resolve())
+        if not allow_outside and not p.resolve().is_relative_to(path.parent.resolve()):
+            raise ManifestError(f"manifest {path.name}: scan of {r['patient']} month {r['month']} is "
+                                f"outside the study folder {path.parent.resolve()}: {given} (move it "
+                                f"in, or allow it with --allow-outside-paths)")
         if r.get("dxa_abmd_g_cm2", None) == "":
             r["dxa_abmd_g_cm2"] = None
     normalise_scans(rows)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from fesim.errors import InputError
+from fesim.io.atomic import atomic_path
 from fesim.study.cohort import atomic_write_json, atomic_write_text
 from fesim.study.stats import MEASURES, POS, cohort_statistics
 
@@ -165,7 +166,8 @@ def _scatter_figure(st, rows, xkey, xlabel, path):
         ax.set_title(f"month {m} ({r_txt}, n = {pts.shape[0]})", fontsize=9)
         ax.set_xlabel(xlabel)
     axes[0].set_ylabel("pullout strength (N)")
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
 
 
 def _trajectory_figure(st, rows, path):
@@ -193,7 +195,8 @@ def _trajectory_figure(st, rows, path):
         unit = MEASURES[k][1].replace("^2", "$^2$").replace("^3", "$^3$")
         ax.set_ylabel(f"{MEASURES[k][0]} ({unit})", fontsize=9)
         ax.set_xticks(st["months"])
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
 
 
 def write_report(rows, out_dir, notes=(), figures: bool = True) -> dict:

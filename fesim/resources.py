@@ -1,0 +1,54 @@
+"""Memory budget: refuse work that would not fit before allocating it.
+
+A hostile header (a 65535 x 65535 matrix) or an absurd option (a 0.05 mm mesh) must end in a
+:class:`~fesim.errors.ResourceError` naming the size, not in the kernel's out-of-memory killer.
+``FESIM_MEMORY_LIMIT_GB`` (environment) caps the budget below the machine's available memory.
+"""
+
+from __future__ import annotations
+
+import os
+
+from fesim.errors import ResourceError
+
+
+def available_memory_bytes() -> int:
+    """Bytes that a run may use: MemAvailable (Linux), or 8 GiB when unknown, capped by
+    ``FESIM_MEMORY_LIMIT_GB``."""
+    avail = None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError):
+        pass
+    if avail is None:
+        avail = 8 << 30
+    cap = os.environ.get("FESIM_MEMORY_LIMIT_GB")
+    if cap:
+        try:
+            avail = min(avail, int(float(cap) * (1 << 30)))
+        except ValueError:
+            pass
+    return avail
+
+
+def check_budget(n_bytes: float, what: str, hint: str = "") -> None:
+    """Raise :class:`ResourceError` when ``n_bytes`` exceed the available memory.
+
+    Parameters
+    ----------
+    n_bytes : float
+        Predicted peak allocation (bytes).
+    what : str
+        What would be allocated, for the message (e.g. ``"series of 512 x 512 x 9000 voxels"``).
+    hint : str
+        What the user can do, appended to the message.
+    """
+    budget = available_memory_bytes()
+    if not n_bytes <= budget:  # also catches NaN
+        more = f"; {hint}" if hint else ""
+        raise ResourceError(f"{what} would need about {n_bytes / 1e9:.3g} GB of memory, more than the "
+                            f"{budget / 1e9:.3g} GB available{more}")
