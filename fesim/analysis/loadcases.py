@@ -25,7 +25,8 @@ import numpy as np
 
 from ..errors import ModelError
 from ..imaging.screwplan import ScrewPlan
-from ..mesh.tetmesh import TET10_EDGES, REGION_BONE, REGION_CAP_LOWER, REGION_CAP_UPPER, TetMesh
+from ..mesh.tetmesh import REGION_BONE, REGION_CAP_LOWER, REGION_CAP_UPPER, TetMesh
+from ..mesh.tetmesh import boundary_faces as mesh_boundary_faces
 from .supports import (DEFAULT_BAND_MM, EndplateSupports, Footprint, body_footprint, endplate_supports,
                        footprint_from_points, nearest_region_codes)
 
@@ -126,54 +127,11 @@ class BodyFrame:
         return self._cache[key][1]
 
 
-# Outward quads of a VTK hexahedron, each split into two outward triangles.
-_HEX_QUADS = np.array([[0, 3, 2, 1], [4, 5, 6, 7], [0, 1, 5, 4], [2, 3, 7, 6], [0, 4, 7, 3], [1, 2, 6, 5]])
-
-
 def boundary_faces(mesh: TetMesh, with_extra: bool = False):
-    """Boundary triangles of the whole mesh: corner node ids (F, 3) and owning element (F,).
-
-    Hex8: each boundary quad face gives two outward triangles (a, b, c), (a, c, d).
-    ``with_extra=True`` also returns the other nodes on each face, (F, k) int64, that a
-    support on the face must hold too: the three mid-edge nodes of a tet10 face, the fourth
-    corner of a hex8 quad (k = 0 for tet4).
-    """
-    if mesh.cells.shape[1] == 8:
-        quads = mesh.cells.astype(np.int64)[:, _HEX_QUADS].reshape(-1, 4)
-        _, inv, counts = np.unique(np.sort(quads, axis=1), axis=0, return_inverse=True, return_counts=True)
-        once = counts[inv.ravel()] == 1
-        q = quads[once]
-        owner = np.repeat(np.arange(mesh.n_elements), 6)[once]
-        faces = np.concatenate([q[:, [0, 1, 2]], q[:, [0, 2, 3]]])
-        owner = np.concatenate([owner, owner])
-        if with_extra:
-            return faces, owner, np.concatenate([q[:, [3]], q[:, [1]]])
-        return faces, owner
-    c = mesh.cells[:, :4].astype(np.int64)
-    local = np.array([[1, 2, 3], [0, 3, 2], [0, 1, 3], [0, 2, 1]])
-    faces = c[:, local].reshape(-1, 3)
-    key = np.sort(faces, axis=1)
-    _, inv, counts = np.unique(key, axis=0, return_inverse=True, return_counts=True)
-    once = counts[inv.ravel()] == 1
-    owner = np.repeat(np.arange(mesh.n_elements), 4)
-    faces, owner = faces[once], owner[once]
-    if not with_extra:
-        return faces, owner
-    if mesh.cells.shape[1] == 4:
-        return faces, owner, np.zeros((len(faces), 0), np.int64)
-    return faces, owner, _mid_edge_nodes(mesh, faces, owner)
-
-
-def _mid_edge_nodes(mesh: TetMesh, faces: np.ndarray, owner: np.ndarray) -> np.ndarray:
-    """Mid-edge nodes (F, 3) of tet10 faces given by their corners, from their owning elements."""
-    cells = mesh.cells[owner].astype(np.int64)
-    corners = cells[:, TET10_EDGES]  # (F, 6, 2) global corner ids of each element edge
-    out = np.empty((len(faces), 3), np.int64)
-    for k, (i, j) in enumerate(((0, 1), (1, 2), (2, 0))):
-        a, b = faces[:, i:i + 1], faces[:, j:j + 1]
-        hit = ((corners[:, :, 0] == a) & (corners[:, :, 1] == b)) | ((corners[:, :, 0] == b) & (corners[:, :, 1] == a))
-        out[:, k] = cells[np.arange(len(faces)), 4 + np.argmax(hit, axis=1)]
-    return out
+    """Boundary triangles of ``mesh`` (:func:`fesim.mesh.tetmesh.boundary_faces`): corner
+    node ids (F, 3), owning element (F,) and, with ``with_extra``, the other face nodes a
+    support must hold (tet10 mid-edge nodes, the fourth corner of a hex8 quad)."""
+    return mesh_boundary_faces(mesh.cells, with_extra=with_extra)
 
 
 def find_supports(mesh: TetMesh, frame: BodyFrame) -> EndplateSupports:

@@ -24,6 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
+from ..cells import TET10_EDGES
 from ..errors import SolverError
 
 AUTO_DIRECT_MAX_DOFS = 20_000
@@ -248,9 +249,6 @@ def make_solver(A, method: str = "auto", rtol: float = 1e-8, near_null=None, **k
     return cls(A, rtol=rtol, near_null=near_null, **kw)
 
 
-_TET10_EDGES = np.array([[0, 1], [1, 2], [2, 0], [0, 3], [1, 3], [2, 3]])
-
-
 def p_prolongation(cells: np.ndarray, n_nodes: int):
     """Nodal prolongation (n_nodes, n_corner) from the tet4 corner mesh to a tet10 mesh.
 
@@ -262,7 +260,7 @@ def p_prolongation(cells: np.ndarray, n_nodes: int):
     cidx = np.full(n_nodes, -1, dtype=np.int64)
     cidx[corners] = np.arange(corners.size)
     mid = cells[:, 4:].ravel()
-    ends = cells[:, _TET10_EDGES].reshape(-1, 2)
+    ends = cells[:, TET10_EDGES].reshape(-1, 2)
     mid, first = np.unique(mid, return_index=True)
     ends = cidx[ends[first]]
     rows = np.concatenate([corners, mid, mid])

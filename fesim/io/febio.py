@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from fesim.errors import InputError
-from fesim.mesh.materials import bin_materials
+from fesim.io.binning import bin_materials
 from fesim.mesh.tetmesh import TetMesh
 
 _TYPE = {4: "tet4", 10: "tet10", 8: "hex8"}

@@ -29,13 +29,14 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from fesim.cells import TET10_EDGES
 from fesim.errors import MeshError
 from fesim.imaging.screwplan import ScrewPlan
 from fesim.imaging.volume import Volume
 from fesim.mesh.cut import cut_mesh
 from fesim.mesh.levelset import BoneLevelSet, bone_level_set, screw_closest_point
 from fesim.mesh.quality import radius_ratio
-from fesim.mesh.refine import _EDGES, cell_volumes, edge_key, kuhn_lattice, positive_cells, refine
+from fesim.mesh.refine import cell_volumes, edge_key, kuhn_lattice, positive_cells, refine
 from fesim.mesh.tetmesh import to_quadratic  # noqa: F401  (re-exported)
 from fesim.mesh.tetmesh import REGION_BONE, REGION_SCREW0, TetMesh
 
@@ -97,7 +98,7 @@ def _snap(points, cells, bone, screws, alpha, quality_floor, rounds: int = 3):
     again. Later rounds offer the other end of the edges still cut, so an interface face
     blocked by one bad snap can still land on the surface.
     """
-    keys = np.unique(edge_key(cells[:, _EDGES[:, 0]], cells[:, _EDGES[:, 1]]).ravel())
+    keys = np.unique(edge_key(cells[:, TET10_EDGES[:, 0]], cells[:, TET10_EDGES[:, 1]]).ravel())
     edges = np.stack([keys >> np.int64(32), keys & np.int64(0xFFFFFFFF)], axis=1)
     length = np.linalg.norm(points[edges[:, 0]] - points[edges[:, 1]], axis=1)
     new = points.copy()
