@@ -20,11 +20,13 @@ Compression
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
 from ..errors import ModelError
 from ..imaging.screwplan import ScrewPlan
+from ..registry import Registry
 from ..mesh.tetmesh import REGION_BONE, REGION_CAP_LOWER, REGION_CAP_UPPER, TetMesh
 from ..mesh.tetmesh import boundary_faces as mesh_boundary_faces
 from .supports import (DEFAULT_BAND_MM, EndplateSupports, Footprint, body_footprint, endplate_supports,
@@ -214,3 +216,27 @@ def compression_case(mesh: TetMesh, frame: BodyFrame) -> LoadCase:
     sup = frame.supports(mesh)
     audit = {"fixed": sup.audit["lower"].to_dict(), "driven": sup.audit["upper"].to_dict()}
     return LoadCase("compression", sup.lower, sup.upper, -frame.axis, audit=audit)
+
+
+@dataclass(frozen=True)
+class LoadCaseKind:
+    """A kind of load case: ``build(mesh, frame, screws)`` returns its :class:`LoadCase` list
+    (none, one, or one per screw) for a mesh, its :class:`BodyFrame` and the screw plans."""
+
+    name: str
+    description: str
+    build: Callable
+
+
+#: Load cases analysed for every scan, in this order (their names key result.json's analyses).
+LOAD_CASES = Registry("load case")
+LOAD_CASES.add(LoadCaseKind("compression", "upper endplate (cap face) driven along the body axis, lower held",
+                            lambda mesh, frame, screws: [compression_case(mesh, frame)]))
+LOAD_CASES.add(LoadCaseKind("pullout", "each planned screw pulled out along its axis, body held at both ends",
+                            lambda mesh, frame, screws: [pullout_case(mesh, s, i, frame)
+                                                         for i, s in enumerate(screws)]))
+
+
+def load_cases(mesh: TetMesh, frame: BodyFrame, screws) -> list[LoadCase]:
+    """The cases of every registered :data:`LOAD_CASES` kind, in registration order."""
+    return [c for kind in LOAD_CASES.values() for c in kind.build(mesh, frame, screws)]
