@@ -20,6 +20,7 @@ from .errors import InputError
 from .io.atomic import atomic_write_json
 from .imaging.volume import Volume
 from .imaging.screwplan import TIP_SHAPES, ScrewPlan
+from .imaging.segmentation import BODY_CODES, POSTERIOR_CODES
 from .material import ASH_EQUATIONS, LAWS, check_ash_equation, check_bmd_material
 
 
@@ -195,7 +196,7 @@ def end_caps(mask: Volume, labels: Volume | None, regions: Volume, frame: dict, 
 
         return caps.caps_from_labels(labels, parse_label_values(opts.cap_labels), mask, frame)
     if opts.caps == "pmma":
-        return caps.generated_caps(mask, np.isin(regions.data, (1, 2)), frame, opts.cap_thickness_mm,
+        return caps.generated_caps(mask, np.isin(regions.data, BODY_CODES), frame, opts.cap_thickness_mm,
                                    shape=opts.cap_shape)
     if opts.caps != "none":
         raise InputError(f"--caps must be none or pmma, not {opts.caps!r}")
@@ -226,8 +227,8 @@ def plan(mask: Volume, regions: Volume, opts: RunOptions) -> list[ScrewPlan]:
 def bmd_measures(bmd: Volume, mask: Volume, regions: Volume, frame: dict, screws, opts) -> dict:
     from .imaging import bmd as bm
 
-    body = np.isin(regions.data, (1, 2))
-    posterior = (regions.data >= 3)  # kept out of the body's partial-volume margin
+    body = np.isin(regions.data, BODY_CODES)
+    posterior = np.isin(regions.data, POSTERIOR_CODES)  # kept out of the body's partial-volume margin
     out = {
         "vbmd_trabecular_mg_cm3": bm.trabecular_vbmd(bmd, body, axis=frame["body_axis"],
                                                      center=frame["body_center"]),

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..imaging.screwplan import ScrewPlan
+from ..imaging.segmentation import POSTERIOR_CODES
 from ..registry import Registry
 from ..mesh.tetmesh import REGION_BONE, REGION_CAP_LOWER, REGION_CAP_UPPER, TetMesh
 from ..mesh.tetmesh import boundary_faces as mesh_boundary_faces
@@ -75,7 +76,7 @@ class BodyFrame:
     footprint : :class:`~fesim.analysis.supports.Footprint` of the body along the axis
     height_mm : body height along the axis (plausibility of the supports)
     regions : imaging sub-region map; surface points nearest to posterior-element voxels
-        (codes 3-5) never support
+        (:data:`~fesim.imaging.segmentation.POSTERIOR_CODES`) never support
     band_mm : depth of the endplate band (:data:`fesim.analysis.supports.DEFAULT_BAND_MM`)
     """
 
@@ -148,7 +149,7 @@ def find_supports(mesh: TetMesh, frame: BodyFrame) -> EndplateSupports:
     caps = bool(np.any(kind == REGION_CAP_LOWER)) and bool(np.any(kind == REGION_CAP_UPPER))
     if not caps and frame.regions is not None:
         node_code = nearest_region_codes(frame.regions, mesh.points)
-        posterior = np.any(node_code[faces] >= 3, axis=1)
+        posterior = np.any(np.isin(node_code[faces], POSTERIOR_CODES), axis=1)
         kind[posterior & (kind == REGION_BONE)] = 0  # never supports, still hides
     cap_fps = None
     if caps:

@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from fesim.errors import CalibrationError
 from fesim.imaging.volume import Volume
+from fesim.io.atomic import jsonable
 from fesim.material.density import BMD_MATERIALS as MATERIALS
 
 
@@ -74,18 +75,8 @@ class Calibration:
             "method": self.method,
             "material": self.material,
             "points": [[float(h), float(d)] for h, d in self.points],
-            "details": _jsonable(self.details),
+            "details": jsonable(self.details),
         }
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    return obj
 
 
 def _line_fit(x, y):

@@ -20,7 +20,9 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from fesim.errors import InputError
+from fesim.imaging import segmentation as seg
 from fesim.imaging.volume import Volume
+from fesim.io.atomic import jsonable
 
 #: True HU of the soft tissues (also stored in ``landmarks["tissue_hu"]``).
 TISSUE_HU = {"air": -1000.0, "fat": -100.0, "muscle": 50.0, "blood": 40.0,
@@ -274,9 +276,10 @@ def make_phantom(spec: PhantomSpec = PhantomSpec()) -> Phantom:
         idx = sel[bone]
         labels.flat[idx] = label
         if label == 1:
-            reg = np.where(parts["pedicle_left"] <= 0, 3, 5)
-            reg = np.where(parts["pedicle_right"] <= 0, 4, reg)
-            reg = np.where(parts["body"] <= 0, np.where(bone_sdf > -CORTEX_MM, 2, 1), reg)
+            reg = np.where(parts["pedicle_left"] <= 0, seg.LEFT_PEDICLE, seg.OTHER_POSTERIOR)
+            reg = np.where(parts["pedicle_right"] <= 0, seg.RIGHT_PEDICLE, reg)
+            reg = np.where(parts["body"] <= 0, np.where(bone_sdf > -CORTEX_MM, seg.CORTICAL_SHELL,
+                                                        seg.TRABECULAR_BODY), reg)
             regions.flat[idx] = reg[bone]
 
     rods = []
@@ -340,22 +343,10 @@ def _landmarks() -> dict:
     return marks
 
 
-def _jsonable(obj):
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
-
-
 def truth_dict(phantom: Phantom) -> dict:
     """JSON-ready ground truth: spec, true calibration, rods, landmarks and grid."""
     spec = phantom.spec
-    return _jsonable({
+    return jsonable({
         "spec": asdict(spec),
         "calibration": {"hu_per_mg": spec.hu_per_mg, "hu_offset": spec.hu_offset,
                         "equation": "HU = hu_offset + hu_per_mg * BMD (mg/cm^3 K2HPO4)"},
@@ -422,7 +413,7 @@ def write_phantom(phantom: Phantom, out_dir, compressed: str | None = None,
         patient={"PatientName": "SYNTH^JANE", "PatientID": f"SYN-{seed}",
                  "PatientBirthDate": "19480312", "PatientSex": "F"},
         series_description="fesim synthetic L4 QCT phantom",
-        uid_key=json.dumps(_jsonable(asdict(phantom.spec)), sort_keys=True),
+        uid_key=json.dumps(jsonable(asdict(phantom.spec)), sort_keys=True),
     )
     if write_labels:
         from fesim.imaging.nifti import write_nifti
