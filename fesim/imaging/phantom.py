@@ -213,36 +213,8 @@ def _grid(spec: PhantomSpec):
     return d @ lo_l, d, spacing, shape
 
 
-def make_phantom(spec: PhantomSpec = PhantomSpec()) -> Phantom:
-    """Build the synthetic QCT phantom.
-
-    Parameters
-    ----------
-    spec : PhantomSpec
-        Geometry, densities (mg/cm^3), scanner calibration and image quality.
-
-    Returns
-    -------
-    Phantom
-        HU image, ground truth BMD/labels/regions, rods and landmarks. ``landmarks`` holds
-        ``body_center``, ``body_axis`` (inferior->superior), ``pedicle_left/right`` (isthmus
-        centres), ``pedicle_axis_left/right`` (posterior->anterior), ``upper/lower_endplate_z``
-        (mm along the axis from the body centre), ``tissue_hu`` (true HU of air, fat, muscle,
-        blood), ``fat_roi_center``, ``muscle_roi_center``, ``aorta_center``,
-        ``aorta_radius_mm``, ``roi_radius_mm`` (a safe ROI radius in the fat and muscle).
-    """
-    origin, d, spacing, shape = _grid(spec)
-    ijk = np.stack(np.meshgrid(*[np.arange(n, dtype=float) for n in shape], indexing="ij"), -1)
-    x, y, z = np.moveaxis(ijk @ (d * spacing).T + origin, -1, 0)
-    del ijk
-
-    tb, cb = spec.trabecular_bmd * spec.density_scale, spec.cortical_bmd * spec.density_scale
-    hu = np.full(shape, TISSUE_HU["air"])
-    bmd = np.zeros(shape)
-    labels = np.zeros(shape, np.uint8)
-    regions = np.zeros(shape, np.uint8)
-
-    # Soft tissue: skin ellipse, subcutaneous fat layer, muscle, fat pocket, aorta, canal.
+def _soft_tissue(hu, x, y) -> None:
+    """Skin ellipse, subcutaneous fat layer, muscle, fat pocket, aorta, canal (HU in place)."""
     skin = _ellipse_sdf(x, y + 10.0, 80.0, 60.0)
     hu[skin <= 0] = TISSUE_HU["fat"]
     hu[skin <= -8.0] = TISSUE_HU["muscle"]
@@ -250,14 +222,23 @@ def make_phantom(spec: PhantomSpec = PhantomSpec()) -> Phantom:
     hu[np.hypot(x - 15.0, y + 33.0) <= 10.0] = TISSUE_HU["blood"]
     hu[_ellipse_sdf(x, y - 25.0, 10.0, 7.0) <= 0] = TISSUE_HU["csf"]
 
-    levels = [(0.0, 1)] + ([(PERIOD, 2), (-PERIOD, 3)] if spec.neighbours else [])
+
+def _discs(hu, labels, xyz, levels) -> None:
+    """Intervertebral discs above and below each vertebra (HU and label 4, in place)."""
+    x, y, z = xyz
     disc_z = [(c + s * (BODY_H + DISC_H) / 2) for c, _ in levels for s in (-1, 1)]
     for zc in sorted(set(np.round(disc_z, 6))):
         disc = np.maximum(_ellipse_sdf(x, y, BODY_A, BODY_B),
                           _slab(z, zc - DISC_H / 2, zc + DISC_H / 2)) <= 0
         hu[disc], labels[disc] = TISSUE_HU["disc"], 4
 
-    fraction = np.zeros(shape)  # bone volume fraction of each voxel
+
+def _vertebrae(bmd, labels, regions, xyz, levels, spec, d, spacing) -> np.ndarray:
+    """BMD (mg/cm^3), labels and (central vertebra) sub-regions of the vertebrae, in place;
+    returns the bone volume fraction of each voxel."""
+    x, y, z = xyz
+    tb, cb = spec.trabecular_bmd * spec.density_scale, spec.cortical_bmd * spec.density_scale
+    fraction = np.zeros(x.shape)
     for zc, label in levels:
         # Evaluate each vertebra only on the voxels of its slab (speed with neighbours).
         sel = np.flatnonzero(np.abs(z - zc) <= BODY_H / 2 + spacing.max() + 1.0)
@@ -281,32 +262,75 @@ def make_phantom(spec: PhantomSpec = PhantomSpec()) -> Phantom:
             reg = np.where(parts["body"] <= 0, np.where(bone_sdf > -CORTEX_MM, seg.CORTICAL_SHELL,
                                                         seg.TRABECULAR_BODY), reg)
             regions.flat[idx] = reg[bone]
+    return fraction
 
+
+def _rods(hu, bmd, x, y, spec) -> list:
+    """Calibration rods in their block below the patient (HU and BMD in place); the rods."""
     rods = []
-    if spec.rods_mg_cm3:
-        n = len(spec.rods_mg_cm3)
-        pitch = min(ROD_PITCH, 84.0 / max(n - 1, 1))  # the row must fit the 110 mm field
-        if pitch < 2 * ROD_RADIUS + 1.0:
-            raise InputError(f"too many calibration rods ({n}); at most 7 fit the field of view")
-        block = (np.abs(x) <= 0.5 * pitch * (n - 1) + ROD_RADIUS + 4.0) & \
-                (y >= BLOCK_Y[0]) & (y <= BLOCK_Y[1])
-        hu[block] = spec.hu_offset - BLOCK_BELOW_WATER_HU
-        xs = (np.arange(n) - 0.5 * (n - 1)) * pitch
-        for xc, rho in zip(xs, spec.rods_mg_cm3):
-            rods.append(Rod(np.array([xc, ROD_Y, 0.0]), ROD_RADIUS, float(rho)))
-            inside = np.hypot(x - xc, y - ROD_Y) <= ROD_RADIUS
-            bmd[inside] = rho
-            hu[inside] = spec.hu_offset + spec.hu_per_mg * rho
+    if not spec.rods_mg_cm3:
+        return rods
+    n = len(spec.rods_mg_cm3)
+    pitch = min(ROD_PITCH, 84.0 / max(n - 1, 1))  # the row must fit the 110 mm field
+    if pitch < 2 * ROD_RADIUS + 1.0:
+        raise InputError(f"too many calibration rods ({n}); at most 7 fit the field of view")
+    block = (np.abs(x) <= 0.5 * pitch * (n - 1) + ROD_RADIUS + 4.0) & \
+            (y >= BLOCK_Y[0]) & (y <= BLOCK_Y[1])
+    hu[block] = spec.hu_offset - BLOCK_BELOW_WATER_HU
+    xs = (np.arange(n) - 0.5 * (n - 1)) * pitch
+    for xc, rho in zip(xs, spec.rods_mg_cm3):
+        rods.append(Rod(np.array([xc, ROD_Y, 0.0]), ROD_RADIUS, float(rho)))
+        inside = np.hypot(x - xc, y - ROD_Y) <= ROD_RADIUS
+        bmd[inside] = rho
+        hu[inside] = spec.hu_offset + spec.hu_per_mg * rho
+    return rods
 
-    bone = fraction > 0
-    hu[bone] = (1.0 - fraction[bone]) * hu[bone] + fraction[bone] * spec.hu_offset \
-        + spec.hu_per_mg * bmd[bone]
 
+def _scanner(hu, spec, spacing) -> np.ndarray:
+    """The scanner's blur and noise, rounded to 12-bit HU (float32)."""
     rng = np.random.default_rng(spec.seed)
     if spec.blur_mm > 0:
         hu = gaussian_filter(hu, sigma=spec.blur_mm / spacing, mode="nearest")
-    hu = hu + rng.normal(0.0, spec.noise_hu, shape) if spec.noise_hu > 0 else hu
-    hu = np.clip(np.round(hu), -1024, 3071).astype(np.float32)
+    hu = hu + rng.normal(0.0, spec.noise_hu, hu.shape) if spec.noise_hu > 0 else hu
+    return np.clip(np.round(hu), -1024, 3071).astype(np.float32)
+
+
+def make_phantom(spec: PhantomSpec = PhantomSpec()) -> Phantom:
+    """Build the synthetic QCT phantom.
+
+    Parameters
+    ----------
+    spec : PhantomSpec
+        Geometry, densities (mg/cm^3), scanner calibration and image quality.
+
+    Returns
+    -------
+    Phantom
+        HU image, ground truth BMD/labels/regions, rods and landmarks. ``landmarks`` holds
+        ``body_center``, ``body_axis`` (inferior->superior), ``pedicle_left/right`` (isthmus
+        centres), ``pedicle_axis_left/right`` (posterior->anterior), ``upper/lower_endplate_z``
+        (mm along the axis from the body centre), ``tissue_hu`` (true HU of air, fat, muscle,
+        blood), ``fat_roi_center``, ``muscle_roi_center``, ``aorta_center``,
+        ``aorta_radius_mm``, ``roi_radius_mm`` (a safe ROI radius in the fat and muscle).
+    """
+    origin, d, spacing, shape = _grid(spec)
+    ijk = np.stack(np.meshgrid(*[np.arange(n, dtype=float) for n in shape], indexing="ij"), -1)
+    x, y, z = np.moveaxis(ijk @ (d * spacing).T + origin, -1, 0)
+    del ijk
+
+    hu = np.full(shape, TISSUE_HU["air"])
+    bmd = np.zeros(shape)
+    labels = np.zeros(shape, np.uint8)
+    regions = np.zeros(shape, np.uint8)
+    _soft_tissue(hu, x, y)
+    levels = [(0.0, 1)] + ([(PERIOD, 2), (-PERIOD, 3)] if spec.neighbours else [])
+    _discs(hu, labels, (x, y, z), levels)
+    fraction = _vertebrae(bmd, labels, regions, (x, y, z), levels, spec, d, spacing)
+    rods = _rods(hu, bmd, x, y, spec)
+    bone = fraction > 0
+    hu[bone] = (1.0 - fraction[bone]) * hu[bone] + fraction[bone] * spec.hu_offset \
+        + spec.hu_per_mg * bmd[bone]
+    hu = _scanner(hu, spec, spacing)
 
     grid = dict(spacing=spacing, origin=origin, direction=d)
     meta = {"modality": "CT", "source": "fesim phantom", "seed": spec.seed}
