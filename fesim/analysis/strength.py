@@ -6,7 +6,7 @@ Failure model (per bone element; screws stay elastic)
     strains of Kopperdahl & Keaveny 1998 (0.84 % compression, 0.78 % tension) by default.
     A strain criterion is used (not Drucker-Prager) because bone yield *strains* are nearly
     independent of density and asymmetric in tension and compression, so it needs no
-    friction parameter (unknown for the MECHANICAL FINDER protocol, domain.md section 3), and
+    friction parameter (not published for the MECHANICAL FINDER protocol), and
     it gives a yield stress ``sigma_y = E * eps_yc`` for every density (Keyak's yield law has
     no finite value below ash density 0.2 g/cm^3, i.e. most osteoporotic trabecular bone).
 

@@ -37,7 +37,7 @@ from ..imaging.segmentation import BODY_CODES
 from ..mesh.tetmesh import REGION_BONE, REGION_CAP_LOWER, REGION_CAP_UPPER
 
 #: Depth (mm) of the band below the end level in which visible surface counts as endplate.
-#: Lumbar endplates are concave by 1-3 mm in their centre (domain.md section 4); 4 mm keeps
+#: Lumbar endplates are concave by a few mm (1-3) in their centre; 4 mm keeps
 #: the whole concavity of a normal endplate and excludes walls more than a few mm down.
 DEFAULT_BAND_MM = 4.0
 #: Largest tilt (deg) of an endplate plane against the body's cross-section.

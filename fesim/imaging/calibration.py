@@ -362,7 +362,8 @@ def phantom_calibration(hu: Volume, rod_densities_mg_cm3, rods=None, material: s
     )
 
 
-#: Mindways QCT Pro constants (domain.md section 2, QCT PRO User Guide v5.0 via Ogo).
+#: Mindways QCT Pro constants (QCT PRO User Guide v5.0, as implemented in Bonelab's Ogo;
+#: docs/references.md).
 MINDWAYS_SIGMA_OFFSET = 0.2174
 MINDWAYS_BETA_OFFSET = 999.6
 

@@ -1,6 +1,6 @@
 """Pedicle-screw planning and screw-in-bone checks.
 
-Two trajectories (screw sizes from Matsukawa et al. 2015, domain.md section 1):
+Two trajectories (screw sizes from Matsukawa et al. 2015, docs/references.md):
 
 ``"traditional"`` (TT), 6.5 x 40 mm
     Along the pedicle axis through the centre of the pedicle isthmus, i.e. converging

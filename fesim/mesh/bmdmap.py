@@ -13,7 +13,7 @@ volume, so the integral of ``g`` over all space is exactly the voxel mineral
 and the element BMD is its mineral divided by its volume. An element whose quadrature points
 all lie inside the mask and that has no boundary face gets exactly the classical Bonemat
 value, the element mean of the interpolated BMD (exact for uniform and linear fields).
-Sources: Taddei et al. 2007 Med Eng Phys 29:973 (Bonemat), domain.md section 2.
+Source: Taddei et al. 2007 (Bonemat), see docs/references.md.
 """
 
 from __future__ import annotations
