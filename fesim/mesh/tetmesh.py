@@ -137,17 +137,22 @@ _KUHN = np.array([[0, 1, 3, 7], [0, 3, 2, 7], [0, 2, 6, 7],
                   [0, 6, 4, 7], [0, 4, 5, 7], [0, 5, 1, 7]])
 
 
-def box_mesh(n, size, origin=(0.0, 0.0, 0.0), region: int = REGION_BONE) -> TetMesh:
-    """Structured tet4 mesh of a box: ``n = (nx, ny, nz)`` cubes, ``size`` in mm, 6 tets per cube."""
+def box_grid(n, size, origin=(0.0, 0.0, 0.0), corners=_CUBE) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes of a structured grid of ``n = (nx, ny, nz)`` cubes over a box of ``size`` mm, and
+    the node ids (C, 8) of every cube's corners at the unit offsets ``corners`` (8, 3)."""
     n = np.asarray(n, dtype=int)
     size = np.asarray(size, dtype=float)
     axes = [np.linspace(0, s, k + 1) for s, k in zip(size, n)]
     X, Y, Z = np.meshgrid(*axes, indexing="ij")
     points = np.column_stack([X.ravel(), Y.ravel(), Z.ravel()]) + np.asarray(origin, dtype=float)
-    ii, jj, kk = np.meshgrid(*[np.arange(k) for k in n], indexing="ij")
-    base = np.stack([ii.ravel(), jj.ravel(), kk.ravel()], axis=1)
-    corners = base[:, None, :] + _CUBE[None]  # (C, 8, 3)
-    ids = (corners[..., 0] * (n[1] + 1) + corners[..., 1]) * (n[2] + 1) + corners[..., 2]
+    base = np.stack(np.meshgrid(*[np.arange(k) for k in n], indexing="ij"), -1).reshape(-1, 3)
+    c = base[:, None, :] + np.asarray(corners)[None]  # (C, 8, 3)
+    return points, (c[..., 0] * (n[1] + 1) + c[..., 1]) * (n[2] + 1) + c[..., 2]
+
+
+def box_mesh(n, size, origin=(0.0, 0.0, 0.0), region: int = REGION_BONE) -> TetMesh:
+    """Structured tet4 mesh of a box: ``n = (nx, ny, nz)`` cubes, ``size`` in mm, 6 tets per cube."""
+    points, ids = box_grid(n, size, origin)
     cells = ids[:, _KUHN].reshape(-1, 4)
     mesh = TetMesh(points, cells, np.full(len(cells), region))
     vol = mesh.corner_volumes()
