@@ -235,7 +235,10 @@ def _outside_mineral(mesh, g, w_mask, bmd, lo, sel, ids, reach_mm, info,
     sup = binary_dilation(w_mask > 0, structure=np.ones((3, 3, 3), bool))
     depth = distance_transform_edt(sup, sampling=bmd.spacing)
     cells = np.argwhere(sup & (depth <= reach_mm + float(bmd.spacing.max()))).astype(float)
+    # corners in ascending id order: centroids and normals (up to sign) then do not depend on
+    # the faces' orientation, bit for bit
     f, own = boundary_faces(mesh.cells[:, :4])
+    f = np.sort(f, axis=1)
     fc = mesh.points[f].mean(axis=1)
     face_r = float(np.linalg.norm(mesh.points[f] - fc[:, None], axis=2).max()) if len(f) else 0.0
     tree = cKDTree(fc) if len(f) else None
