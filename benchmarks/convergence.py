@@ -33,7 +33,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="2.0,1.3333333", help="bone mesh sizes, mm (screw region: half)")
     ap.add_argument("--order", type=int, default=2, choices=[1, 2])
-    ap.add_argument("--accuracy", default="standard", choices=sorted(ACCURACY))
+    ap.add_argument("--accuracy", default="standard", choices=ACCURACY.names())
     args = ap.parse_args(argv)
     keys = ["K pullout", "K pullout homog.", "K compression", "F pullout", "F compression"]
     rows = []
@@ -46,7 +46,7 @@ def main(argv=None):
         vals = [linear_stiffness(mesh, mat.E, mat.nu, pull), linear_stiffness(mesh, homog, mat.nu, pull),
                 linear_stiffness(mesh, mat.E, mat.nu, comp)]
         for case in (pull, comp):
-            vals.append(run_strength(mesh, mat.E, mat.nu, case, **ACCURACY[args.accuracy]).strength_N)
+            vals.append(run_strength(mesh, mat.E, mat.nu, case, **ACCURACY[args.accuracy].settings).strength_N)
         rows.append((h, 3 * mesh.n_nodes, vals, time.perf_counter() - t))
         print(f"  mesh {h:.2f} mm done: {3 * mesh.n_nodes} unknowns, {rows[-1][3]:.0f} s", flush=True)
     print(f"phantom L4, tet{4 if args.order == 1 else 10}, accuracy {args.accuracy}; stiffness N/mm, strength N")

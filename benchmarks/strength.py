@@ -48,7 +48,7 @@ def main(argv=None):
     ap.add_argument("--mesh-size", type=float, default=2.0)
     ap.add_argument("--screw-mesh-size", type=float, default=1.0)
     ap.add_argument("--order", type=int, default=2, choices=[1, 2])
-    ap.add_argument("--accuracy", default="standard", choices=sorted(ACCURACY))
+    ap.add_argument("--accuracy", default="standard", choices=ACCURACY.names())
     ap.add_argument("--solver", default="auto")
     ap.add_argument("--correction-rtol", type=float, default=None,
                     help="residual reduction of the warm-started secant solves (default: run_strength's)")
@@ -70,7 +70,7 @@ def main(argv=None):
         t = time.perf_counter()
         extra = {} if args.correction_rtol is None else {"correction_rtol": args.correction_rtol}
         r = run_strength(mesh, mat.E, mat.nu, case, solver=args.solver, assembler=Assembler(mesh.points, mesh.cells),
-                         **ACCURACY[args.accuracy], **extra)
+                         **ACCURACY[args.accuracy].settings, **extra)
         t_nl = time.perf_counter() - t
         tot_lin, tot_nl = tot_lin + t_lin, tot_nl + t_nl
         print(f"{case.name:<15}{t_lin:>10.2f}{t_nl:>13.2f}{t_nl / t_lin:>8.1f}{r.n_solves:>8}{r.n_steps:>7}"

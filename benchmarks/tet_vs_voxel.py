@@ -6,8 +6,8 @@ Run from the project root::
                                       [--voxel-size 1.0] [--strength nonlinear] [--out DIR]
 
 ``phantom`` is the synthetic QCT phantom (:mod:`fesim.imaging.phantom`, phantom calibration);
-``L1``-``L5`` are lumbar levels of the TotalSegmentator example CT (``FESIM_TEST_DATA`` or
-``../shared/data/totalsegmentator``) with its label map and internal calibration. Every case
+``L1``-``L5`` are lumbar levels of the TotalSegmentator example CT (``FESIM_TEST_DATA``, or where
+``tests/conftest.py`` finds the tests' data) with its label map and internal calibration. Every case
 uses PMMA caps and no screws; the tet model has fesim's default mesh (tet10, 2 mm), the voxel
 model one hex8 per voxel of ``--voxel-size`` (default: the pipeline's, 1 mm for these
 images). A level that cannot be run is skipped with a one-line reason.

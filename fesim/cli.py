@@ -14,10 +14,15 @@ from pathlib import Path
 
 from . import __version__
 from .errors import FesimError
-from .imaging.screwplan import TIP_SHAPES
+from .analysis.loadcases import LOAD_CASES
 from .analysis.protocols import PROTOCOLS
+from .analysis.strength import ACCURACY
+from .fem.solvers import AUTO_DIRECT_MAX_DOFS, SOLVERS
 from .imaging.caps import CAP_SHAPES
+from .imaging.screwplan import TIP_SHAPES
+from .io.formats import FORMATS
 from .material import ASH_EQUATIONS, BMD_MATERIALS, LAWS
+from .mesh.kinds import MESHES
 
 
 def _floats(text, n=None):
@@ -35,6 +40,15 @@ def _vec3(text):
     if not all(math.isfinite(v) for v in vals):
         raise argparse.ArgumentTypeError(f"expected three finite numbers, got {text!r}")
     return vals
+
+
+def _formats(text):
+    names = tuple(x for x in str(text).split(",") if x)
+    unknown = [x for x in names if x not in FORMATS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown export format(s) {', '.join(unknown)}; "
+                                         f"choose from {', '.join(FORMATS.names())}")
+    return names
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -74,11 +88,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cap-shape", dest="cap_shape", default="flat", choices=CAP_SHAPES,
                    help="generated caps: flat (filled up to a plane, default) or extruded (the endplate "
                         "surface moved along the body axis, the benchmark's 'jelly bean' disks)")
-    g = p.add_argument_group("mesh and model")
-    g.add_argument("--mesh", default="tet", choices=["tet", "voxel"],
-                   help="tet: conforming tetrahedra with smoothed surface (default); voxel: one hexahedron "
-                        "(hex8) per bone voxel, as the voxel-based spine FE tools build models (an "
-                        "independent cross-check; --mesh-size, --screw-mesh-size and --order do not apply)")
+    g = p.add_argument_group("mesh and model", "load cases analysed: " + LOAD_CASES.help())
+    g.add_argument("--mesh", default=MESHES.names()[0], choices=MESHES.names(), help=MESHES.help())
     g.add_argument("--voxel-size", dest="voxel_size_mm", type=float, default=None,
                    help="voxel mesh edge, mm (default: the image spacing if the image is isotropic and "
                         "no coarser than 1 mm, else the image is resampled to 1 mm isotropic voxels)")
@@ -96,20 +107,19 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                         + "; ".join(eq.describe() for eq in ASH_EQUATIONS.values())
                         + " (default identity, as MECHANICAL FINDER studies do)")
     g.add_argument("--strength", default="nonlinear", choices=["nonlinear", "surrogate"])
-    g.add_argument("--strength-accuracy", default="standard", choices=["standard", "screening"],
-                   help="secant iterations of the nonlinear analyses: standard (default, converged "
-                        "to 0.5 %% in force) or screening (~3x fewer solves, peaks ~5-10 %% high)")
-    g.add_argument("--protocol", default="fesim", choices=list(PROTOCOLS),
-                   help="; ".join(f"{k}: {p.description}" for k, p in PROTOCOLS.items()).replace("%", "%%")
-                   + ". A protocol sets the options it names (see docs/methods.md)")
-    g.add_argument("--solver", default="auto", choices=["auto", "amg", "direct", "cholmod", "pardiso"])
+    g.add_argument("--strength-accuracy", default=ACCURACY.names()[0], choices=ACCURACY.names(),
+                   help="secant iterations of the nonlinear analyses: " + ACCURACY.help())
+    g.add_argument("--protocol", default=PROTOCOLS.names()[0], choices=PROTOCOLS.names(),
+                   help=PROTOCOLS.help() + ". A protocol sets the options it names (see docs/methods.md)")
+    g.add_argument("--solver", default="auto", choices=("auto",) + SOLVERS.names(),
+                   help=f"auto (default): a direct solver up to {AUTO_DIRECT_MAX_DOFS} unknowns, else pmg; "
+                        + SOLVERS.help())
     g.add_argument("--no-vtk", dest="write_vtk", action="store_false", help="skip VTU output")
     g.add_argument("--keep-identifiers", dest="keep_identifiers", action="store_true",
                    help="copy the DICOM patient and study identifiers into result.json (off by default: "
                         "outputs carry pseudonyms only)")
-    g.add_argument("--export", type=lambda t: tuple(x for x in t.split(",") if x), default=(),
-                   help="also write the model for other solvers: inp (CalculiX/Abaqus), feb (FEBio), "
-                        "comma-separated")
+    g.add_argument("--export", type=_formats, default=(),
+                   help="also write the model for other solvers, comma-separated: " + FORMATS.help())
 
 
 def _run_options(args) -> dict:

@@ -21,6 +21,7 @@ from .io.atomic import atomic_write_json
 from .provenance import provenance
 from .imaging.volume import Volume
 from .imaging.screwplan import TIP_SHAPES, ScrewPlan
+from .imaging.segmentation import BODY_CODES, POSTERIOR_CODES
 from .material import ASH_EQUATIONS, LAWS, check_ash_equation, check_bmd_material
 
 
@@ -75,22 +76,27 @@ class RunOptions:
         if unknown:
             raise InputError(f"unknown option(s): {', '.join(sorted(unknown))}")
         from .analysis.protocols import PROTOCOLS
+        from .analysis.strength import ACCURACY
+        from .fem.solvers import SOLVERS
         from .imaging.caps import CAP_SHAPES
+        from .io.formats import check_formats
+        from .mesh.kinds import MESHES
+
+        def one_of(name, value, choices):
+            if value not in choices:
+                raise InputError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
 
         protocol = d.get("protocol", "fesim")
-        if protocol not in PROTOCOLS:
-            raise InputError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
+        one_of("protocol", protocol, PROTOCOLS.names())
         opts = cls(**{**d, **PROTOCOLS[protocol].options})
-        if opts.cap_shape not in CAP_SHAPES:
-            raise InputError(f"cap_shape must be one of {', '.join(CAP_SHAPES)}, not {opts.cap_shape!r}")
-        if opts.screw_tip not in TIP_SHAPES:
-            raise InputError(f"screw_tip must be one of {', '.join(TIP_SHAPES)}, not {opts.screw_tip!r}")
-        if opts.mesh not in ("tet", "voxel"):
-            raise InputError(f"mesh must be tet or voxel, not {opts.mesh!r}")
+        one_of("cap_shape", opts.cap_shape, CAP_SHAPES)
+        one_of("screw_tip", opts.screw_tip, TIP_SHAPES)
+        one_of("mesh", opts.mesh, MESHES.names())
         if opts.voxel_size_mm is not None and not opts.voxel_size_mm > 0:
             raise InputError(f"voxel_size_mm must be positive, got {opts.voxel_size_mm}")
-        if opts.strength_accuracy not in ("standard", "screening"):
-            raise InputError(f"strength_accuracy must be standard or screening, not {opts.strength_accuracy!r}")
+        one_of("strength_accuracy", opts.strength_accuracy, ACCURACY.names())
+        one_of("solver", opts.solver, ("auto",) + SOLVERS.names())
+        check_formats(opts.export)
         LAWS.get_or_raise(opts.law)
         ASH_EQUATIONS.get_or_raise(opts.ash_conversion)
         check_bmd_material(opts.rod_material)
@@ -198,7 +204,7 @@ def end_caps(mask: Volume, labels: Volume | None, regions: Volume, frame: dict, 
 
         return caps.caps_from_labels(labels, parse_label_values(opts.cap_labels), mask, frame)
     if opts.caps == "pmma":
-        return caps.generated_caps(mask, np.isin(regions.data, (1, 2)), frame, opts.cap_thickness_mm,
+        return caps.generated_caps(mask, np.isin(regions.data, BODY_CODES), frame, opts.cap_thickness_mm,
                                    shape=opts.cap_shape)
     if opts.caps != "none":
         raise InputError(f"--caps must be none or pmma, not {opts.caps!r}")
@@ -278,8 +284,8 @@ def plan(mask: Volume, regions: Volume, opts: RunOptions) -> list[ScrewPlan]:
 def bmd_measures(bmd: Volume, mask: Volume, regions: Volume, frame: dict, screws, opts) -> dict:
     from .imaging import bmd as bm
 
-    body = np.isin(regions.data, (1, 2))
-    posterior = (regions.data >= 3)  # kept out of the body's partial-volume margin
+    body = np.isin(regions.data, BODY_CODES)
+    posterior = np.isin(regions.data, POSTERIOR_CODES)  # kept out of the body's partial-volume margin
     out = {
         "vbmd_trabecular_mg_cm3": bm.trabecular_vbmd(bmd, body, axis=frame["body_axis"],
                                                      center=frame["body_center"]),
@@ -293,28 +299,12 @@ def bmd_measures(bmd: Volume, mask: Volume, regions: Volume, frame: dict, screws
 
 
 def export_models(out: Path, mesh, mat, cases, formats, delta_mm: float = 0.1) -> list[Path]:
-    """Write the model for other solvers: ``model.inp`` (one static step per load case, the
-    driven nodes displaced by ``delta_mm``) and/or ``model.feb`` (mesh, materials, node sets)."""
-    from .io.abaqus import write_inp
-    from .io.febio import write_feb
+    """Write the model for other solvers in each of ``formats`` (:data:`fesim.io.formats.FORMATS`:
+    ``model.inp`` with one static step per load case, the driven nodes displaced by
+    ``delta_mm``; ``model.feb`` with mesh, materials and node sets)."""
+    from .io.formats import export_model
 
-    unknown = set(formats) - {"inp", "feb"}
-    if unknown:
-        raise InputError(f"unknown export format(s) {sorted(unknown)}: use inp, feb")
-    sets, steps = {}, []
-    for c in cases:
-        fixed, driven = f"{c.name}_FIXED".upper(), f"{c.name}_DRIVEN".upper()
-        sets[fixed], sets[driven] = c.fixed, c.driven
-        bnd = [(fixed, 1, 3, 0.0)] + [(driven, k + 1, k + 1, float(delta_mm * c.direction[k])) for k in range(3)]
-        steps.append({"name": c.name, "boundary": bnd})
-    written = []
-    if "inp" in formats:
-        write_inp(out / "model.inp", mesh, mat.E, mat.nu, node_sets=sets, steps=steps)
-        written.append(out / "model.inp")
-    if "feb" in formats:
-        write_feb(out / "model.feb", mesh, mat.E, mat.nu, node_sets=sets)
-        written.append(out / "model.feb")
-    return written
+    return export_model(out, mesh, mat.E, mat.nu, cases, formats, delta_mm)
 
 
 def run_scan(scan, out_dir, **options) -> dict:
@@ -343,15 +333,14 @@ def run_scan(scan, out_dir, **options) -> dict:
 
 
 def _run(scan, out_dir, opts: RunOptions) -> dict:
-    from .analysis.loadcases import BodyFrame, compression_case, pullout_case
+    from .analysis.loadcases import BodyFrame, load_cases
     from .analysis.outputs import write_case_outputs
     from .analysis.protocols import PROTOCOLS, benchmark_numbers
     from .imaging.segmentation import subregions
-    from .mesh.mesher import mesh_vertebra
     from .material import bmd_material_of
+    from .mesh.kinds import MESHES
     from .mesh.materials import element_materials, map_bmd
     from .mesh.quality import quality_report
-    from .mesh.tetmesh import to_quadratic
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -371,22 +360,9 @@ def _run(scan, out_dir, opts: RunOptions) -> dict:
         measures = bmd_measures(bmd, mask, regions, frame, screws, opts)
     check_model_size(mask, screws, opts)
     with T("mesh"):
-        if opts.mesh == "voxel":  # one hex8 per voxel; element_order and mesh sizes do not apply
-            from .mesh.voxel import voxel_mesh
-
-            mesh = voxel_mesh(mask, screws, caps=cap_masks, voxel_mm=opts.voxel_size_mm)
-        else:
-            body = mask
-            if cap_masks is not None:  # vertebra and caps meshed as one body, caps labelled after
-                body = mask.with_data(((mask.data > 0) | (cap_masks[0].data > 0) | (cap_masks[1].data > 0))
-                                      .astype(np.uint8))
-            mesh = mesh_vertebra(body, screws, size_mm=opts.mesh_size_mm, screw_size_mm=opts.screw_mesh_size_mm)
-            if cap_masks is not None:
-                from .mesh.caps import assign_cap_regions
-
-                mesh = assign_cap_regions(mesh, *cap_masks)
-            if opts.element_order == 2:
-                mesh = to_quadratic(mesh)
+        mesh = MESHES[opts.mesh].build(mask, screws, cap_masks, size_mm=opts.mesh_size_mm,
+                                       screw_size_mm=opts.screw_mesh_size_mm, order=opts.element_order,
+                                       voxel_mm=opts.voxel_size_mm)
         quality = quality_report(mesh)
     with T("materials"):
         if mesh.is_hex:
@@ -399,8 +375,7 @@ def _run(scan, out_dir, opts: RunOptions) -> dict:
                                 ash_method=opts.ash_conversion, bmd_material=bmd_material_of(bmd),
                                 screws=screws)
     bframe = BodyFrame.from_regions(regions)
-    cases = [compression_case(mesh, bframe)]
-    cases += [pullout_case(mesh, s, i, bframe) for i, s in enumerate(screws)]
+    cases = load_cases(mesh, bframe, screws)
     from .fem.assembly import Assembler
 
     assembler = Assembler(mesh.points, mesh.cells)  # pattern and element matrices shared by all cases
@@ -422,7 +397,7 @@ def _run(scan, out_dir, opts: RunOptions) -> dict:
 
     comp = analyses["compression"]
     case_audit = {c.name: c.audit for c in cases}
-    pulls = [analyses[c.name] for c in cases[1:]]
+    pulls = [analyses[c.name] for c in cases if c.screw is not None]
     result = {
         "scan_id": hu.meta.get("pseudonym") or hu.meta.get("series_key"),
         "pullout_strength_N": float(np.mean([strength(r) for r in pulls])) if pulls else float("nan"),
@@ -472,7 +447,7 @@ def _analyse(mesh, mat, case, bframe, protocol, opts: RunOptions, steps: int, as
     from .analysis.strength import ACCURACY, FailureModel, run_strength
 
     kwargs = dict(solver=opts.solver, max_steps=steps, snapshot_every=3 if opts.write_vtk else 0,
-                  **ACCURACY[opts.strength_accuracy])
+                  **ACCURACY[opts.strength_accuracy].settings)
     if protocol.material_yield:
         fails = can_fail(mesh)
         # sigma_y / E; bone of zero or negative density (E at its floor, no strength) gets 0.1 %

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fesim.errors import SolverError
-from fesim.fem.ccx import read_dat, run_ccx, write_inp
+from fesim.fem.ccx import read_dat, run_ccx, write_job
 from fesim.fem.model import Model, solve_static
 from fesim.mesh.tetmesh import REGION_SCREW0, TetMesh, box_mesh, to_quadratic
 
@@ -65,14 +65,16 @@ def test_displacements_and_reactions_match_calculix(order, ccx):  # ccx fixture:
 def test_inp_deck_structure(tmp_path):
     """Deck round trip without running ccx: counts of nodes, elements, materials, BCs, loads."""
     model = _hetero_model(2)
-    path = write_inp(model, tmp_path / "m.inp")
+    path = write_job(model, tmp_path / "m.inp")
     text = path.read_text()
-    assert text.count("*MATERIAL") == 6 and text.count("TYPE=C3D10") == 6
+    assert text.count("*MATERIAL") == 6 and text.count("*ELSET, ELSET=MAT_") == 6
+    assert text.count("TYPE=C3D10") == 1
     lines = text.splitlines()
     i = lines.index("*BOUNDARY")
     j = lines.index("*CLOAD")
     assert j - i - 1 == model.bc_dofs.size
-    first_node = lines[2].split(",")
+    assert "*NODE PRINT, NSET=NALL" in lines and "RF" in lines
+    first_node = lines[lines.index("*NODE, NSET=NALL") + 1].split(",")
     assert np.allclose([float(v) for v in first_node[1:]], model.mesh.points[0], rtol=1e-12)
 
 

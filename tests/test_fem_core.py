@@ -176,3 +176,29 @@ def test_mean_strain_shortcut_equals_quadrature_mean(order):
     fast = element_fields(mesh.points, mesh.cells, u, E, nu)
     for a, b in ((quad.strain, fast.strain), (quad.sed, fast.sed), (quad.principal_strain, fast.principal_strain)):
         assert np.allclose(a, b, rtol=1e-10, atol=1e-12 * np.abs(a).max())
+
+
+def test_fem_core_imports_no_mesher():
+    """The FE core knows arrays only: importing it (and the CalculiX runner) loads no fesim.mesh."""
+    import subprocess
+    import sys
+
+    code = ("import sys, fesim.fem.model, fesim.fem.post, fesim.fem.ccx, fesim.fem.solvers; "
+            "print(sorted(m for m in sys.modules if m.startswith(('fesim.mesh', 'fesim.imaging'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_model_from_plain_arrays_matches_mesh(order):
+    """A model of bare points and cells solves to the same field as one of the mesher's mesh."""
+    mesh = _block(order, jitter=0.5)
+    E = np.linspace(500.0, 1500.0, mesh.n_elements)
+    z = mesh.points[:, 2]
+    bottom, top = np.nonzero(np.isclose(z, 0.0))[0], np.nonzero(np.isclose(z, 12.0))[0]
+    sols = []
+    for m in (Model(mesh, E=E, nu=0.3), Model.from_arrays(mesh.points, mesh.cells, E, 0.3)):
+        m.fix(bottom).fix(top, components=(2,), value=-0.05)
+        sols.append(solve_static(m, solver="direct"))
+    assert np.abs(sols[0].u).max() > 0.04
+    np.testing.assert_allclose(sols[1].u, sols[0].u, rtol=0, atol=1e-12)

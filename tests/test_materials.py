@@ -8,7 +8,8 @@ import pytest
 from fesim.errors import MaterialError, MeshError
 from fesim.imaging.volume import Volume
 from fesim.material import qct_to_ash
-from fesim.mesh.materials import LAWS, apply_law, bin_materials, element_materials, map_bmd
+from fesim.io.binning import bin_materials
+from fesim.mesh.materials import LAWS, apply_law, element_materials, map_bmd
 from fesim.mesh.mesher import mesh_vertebra
 from fesim.mesh.tetmesh import TetMesh
 
@@ -49,8 +50,8 @@ def test_uniform_field_exact():
 
 
 def _has_boundary_face(m):
-    from fesim.mesh.bmdmap import _boundary_faces
-    _, own = _boundary_faces(m.cells)
+    from fesim.mesh.tetmesh import boundary_faces
+    _, own = boundary_faces(m.cells)
     return np.bincount(own, minlength=m.n_elements) > 0
 
 

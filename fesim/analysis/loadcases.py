@@ -20,12 +20,16 @@ Compression
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
 from ..errors import ModelError
 from ..imaging.screwplan import ScrewPlan
-from ..mesh.tetmesh import TET10_EDGES, REGION_BONE, REGION_CAP_LOWER, REGION_CAP_UPPER, TetMesh
+from ..imaging.segmentation import POSTERIOR_CODES
+from ..registry import Registry
+from ..mesh.tetmesh import REGION_BONE, REGION_CAP_LOWER, REGION_CAP_UPPER, TetMesh
+from ..mesh.tetmesh import boundary_faces as mesh_boundary_faces
 from .supports import (DEFAULT_BAND_MM, EndplateSupports, Footprint, body_footprint, endplate_supports,
                        footprint_from_points, nearest_region_codes)
 
@@ -72,7 +76,7 @@ class BodyFrame:
     footprint : :class:`~fesim.analysis.supports.Footprint` of the body along the axis
     height_mm : body height along the axis (plausibility of the supports)
     regions : imaging sub-region map; surface points nearest to posterior-element voxels
-        (codes 3-5) never support
+        (:data:`~fesim.imaging.segmentation.POSTERIOR_CODES`) never support
     band_mm : depth of the endplate band (:data:`fesim.analysis.supports.DEFAULT_BAND_MM`)
     """
 
@@ -126,54 +130,11 @@ class BodyFrame:
         return self._cache[key][1]
 
 
-# Outward quads of a VTK hexahedron, each split into two outward triangles.
-_HEX_QUADS = np.array([[0, 3, 2, 1], [4, 5, 6, 7], [0, 1, 5, 4], [2, 3, 7, 6], [0, 4, 7, 3], [1, 2, 6, 5]])
-
-
 def boundary_faces(mesh: TetMesh, with_extra: bool = False):
-    """Boundary triangles of the whole mesh: corner node ids (F, 3) and owning element (F,).
-
-    Hex8: each boundary quad face gives two outward triangles (a, b, c), (a, c, d).
-    ``with_extra=True`` also returns the other nodes on each face, (F, k) int64, that a
-    support on the face must hold too: the three mid-edge nodes of a tet10 face, the fourth
-    corner of a hex8 quad (k = 0 for tet4).
-    """
-    if mesh.cells.shape[1] == 8:
-        quads = mesh.cells.astype(np.int64)[:, _HEX_QUADS].reshape(-1, 4)
-        _, inv, counts = np.unique(np.sort(quads, axis=1), axis=0, return_inverse=True, return_counts=True)
-        once = counts[inv.ravel()] == 1
-        q = quads[once]
-        owner = np.repeat(np.arange(mesh.n_elements), 6)[once]
-        faces = np.concatenate([q[:, [0, 1, 2]], q[:, [0, 2, 3]]])
-        owner = np.concatenate([owner, owner])
-        if with_extra:
-            return faces, owner, np.concatenate([q[:, [3]], q[:, [1]]])
-        return faces, owner
-    c = mesh.cells[:, :4].astype(np.int64)
-    local = np.array([[1, 2, 3], [0, 3, 2], [0, 1, 3], [0, 2, 1]])
-    faces = c[:, local].reshape(-1, 3)
-    key = np.sort(faces, axis=1)
-    _, inv, counts = np.unique(key, axis=0, return_inverse=True, return_counts=True)
-    once = counts[inv.ravel()] == 1
-    owner = np.repeat(np.arange(mesh.n_elements), 4)
-    faces, owner = faces[once], owner[once]
-    if not with_extra:
-        return faces, owner
-    if mesh.cells.shape[1] == 4:
-        return faces, owner, np.zeros((len(faces), 0), np.int64)
-    return faces, owner, _mid_edge_nodes(mesh, faces, owner)
-
-
-def _mid_edge_nodes(mesh: TetMesh, faces: np.ndarray, owner: np.ndarray) -> np.ndarray:
-    """Mid-edge nodes (F, 3) of tet10 faces given by their corners, from their owning elements."""
-    cells = mesh.cells[owner].astype(np.int64)
-    corners = cells[:, TET10_EDGES]  # (F, 6, 2) global corner ids of each element edge
-    out = np.empty((len(faces), 3), np.int64)
-    for k, (i, j) in enumerate(((0, 1), (1, 2), (2, 0))):
-        a, b = faces[:, i:i + 1], faces[:, j:j + 1]
-        hit = ((corners[:, :, 0] == a) & (corners[:, :, 1] == b)) | ((corners[:, :, 0] == b) & (corners[:, :, 1] == a))
-        out[:, k] = cells[np.arange(len(faces)), 4 + np.argmax(hit, axis=1)]
-    return out
+    """Boundary triangles of ``mesh`` (:func:`fesim.mesh.tetmesh.boundary_faces`): corner
+    node ids (F, 3), owning element (F,) and, with ``with_extra``, the other face nodes a
+    support must hold (tet10 mid-edge nodes, the fourth corner of a hex8 quad)."""
+    return mesh_boundary_faces(mesh.cells, with_extra=with_extra)
 
 
 def find_supports(mesh: TetMesh, frame: BodyFrame) -> EndplateSupports:
@@ -188,7 +149,7 @@ def find_supports(mesh: TetMesh, frame: BodyFrame) -> EndplateSupports:
     caps = bool(np.any(kind == REGION_CAP_LOWER)) and bool(np.any(kind == REGION_CAP_UPPER))
     if not caps and frame.regions is not None:
         node_code = nearest_region_codes(frame.regions, mesh.points)
-        posterior = np.any(node_code[faces] >= 3, axis=1)
+        posterior = np.any(np.isin(node_code[faces], POSTERIOR_CODES), axis=1)
         kind[posterior & (kind == REGION_BONE)] = 0  # never supports, still hides
     cap_fps = None
     if caps:
@@ -256,3 +217,27 @@ def compression_case(mesh: TetMesh, frame: BodyFrame) -> LoadCase:
     sup = frame.supports(mesh)
     audit = {"fixed": sup.audit["lower"].to_dict(), "driven": sup.audit["upper"].to_dict()}
     return LoadCase("compression", sup.lower, sup.upper, -frame.axis, audit=audit)
+
+
+@dataclass(frozen=True)
+class LoadCaseKind:
+    """A kind of load case: ``build(mesh, frame, screws)`` returns its :class:`LoadCase` list
+    (none, one, or one per screw) for a mesh, its :class:`BodyFrame` and the screw plans."""
+
+    name: str
+    description: str
+    build: Callable
+
+
+#: Load cases analysed for every scan, in this order (their names key result.json's analyses).
+LOAD_CASES = Registry("load case")
+LOAD_CASES.add(LoadCaseKind("compression", "upper endplate (cap face) driven along the body axis, lower held",
+                            lambda mesh, frame, screws: [compression_case(mesh, frame)]))
+LOAD_CASES.add(LoadCaseKind("pullout", "each planned screw pulled out along its axis, body held at both ends",
+                            lambda mesh, frame, screws: [pullout_case(mesh, s, i, frame)
+                                                         for i, s in enumerate(screws)]))
+
+
+def load_cases(mesh: TetMesh, frame: BodyFrame, screws) -> list[LoadCase]:
+    """The cases of every registered :data:`LOAD_CASES` kind, in registration order."""
+    return [c for kind in LOAD_CASES.values() for c in kind.build(mesh, frame, screws)]

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..registry import Registry
 from ..mesh.tetmesh import REGION_BONE, REGION_CAP_LOWER, REGION_CAP_UPPER, TetMesh
 from .loadcases import LoadCase
 
@@ -51,12 +52,13 @@ class Protocol:
     stiffness_displacement_mm: float | None = None
 
 
-PROTOCOLS: dict[str, Protocol] = {}
+#: Analysis protocols by name; the first is the default.
+PROTOCOLS = Registry("protocol")
 
 
 def register_protocol(p: Protocol) -> Protocol:
-    PROTOCOLS[p.name] = p
-    return p
+    """Register protocol ``p`` (once per name)."""
+    return PROTOCOLS.add(p)
 
 
 register_protocol(Protocol("fesim", "fesim's defaults: bonded rigid platens on the endplates (or caps), "

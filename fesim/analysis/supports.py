@@ -33,9 +33,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ModelError
+from ..imaging.segmentation import BODY_CODES
+from ..mesh.tetmesh import REGION_BONE, REGION_CAP_LOWER, REGION_CAP_UPPER
 
 #: Depth (mm) of the band below the end level in which visible surface counts as endplate.
-#: Lumbar endplates are concave by 1-3 mm in their centre (domain.md section 4); 4 mm keeps
+#: Lumbar endplates are concave by a few mm (1-3) in their centre; 4 mm keeps
 #: the whole concavity of a normal endplate and excludes walls more than a few mm down.
 DEFAULT_BAND_MM = 4.0
 #: Largest tilt (deg) of an endplate plane against the body's cross-section.
@@ -106,7 +108,7 @@ def body_footprint(regions, frame: dict) -> Footprint:
     frame : dict
         Its ``meta["frame"]`` (``body_center``, ``ml_axis``, ``ap_axis``).
     """
-    body = np.isin(regions.data, (1, 2))
+    body = np.isin(regions.data, BODY_CODES)
     if not body.any():
         raise ModelError("no vertebral body in the region map: cannot place the supports")
     pts = regions.index_to_world(np.argwhere(body)) - np.asarray(frame["body_center"], float)
@@ -116,11 +118,12 @@ def body_footprint(regions, frame: dict) -> Footprint:
 
 
 def nearest_region_codes(regions, points: np.ndarray) -> np.ndarray:
-    """Imaging sub-region code (1-5) of the labelled voxel nearest to each point (N, 3) mm.
+    """Imaging sub-region code (:data:`fesim.imaging.segmentation.REGION_NAMES`) of the
+    labelled voxel nearest to each point (N, 3) mm.
 
     Mesh surfaces lie between voxel centres, so a plain lookup often meets background; the
-    nearest labelled voxel says whether a surface point belongs to the body (1, 2) or to
-    the posterior elements (3-5).
+    nearest labelled voxel says whether a surface point belongs to the body
+    (``BODY_CODES``) or to the posterior elements (``POSTERIOR_CODES``).
     """
     from scipy import ndimage as ndi
 
@@ -314,12 +317,12 @@ def endplate_supports(points: np.ndarray, faces: np.ndarray, owner_kind: np.ndar
     ml, ap = np.asarray(frame["ml_axis"], float), np.asarray(frame["ap_axis"], float)
     s = (points - center) @ axis
     out, audit, held_faces = {}, {}, {}
-    for name, above, cap_code in (("lower", False, 20), ("upper", True, 21)):
+    for name, above, cap_code in (("lower", False, REGION_CAP_LOWER), ("upper", True, REGION_CAP_UPPER)):
         fp = footprint
         if caps and cap_footprints is not None:
             fp = cap_footprints[1 if above else 0]
         vis, rays, heights, hit_face = visible_faces(points, faces, axis, center, ml, ap, fp, from_above=above)
-        want = (owner_kind == cap_code) if caps else (owner_kind == 1)
+        want = (owner_kind == cap_code) if caps else (owner_kind == REGION_BONE)
         cand = vis & want
         good = want[hit_face]
         if not cand.any() or good.sum() < 3:

@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import elements
-from ..mesh.tetmesh import HEX_CORNERS
+from ..cells import HEX_CORNERS
 
 #: Elements per chunk during assembly: bounds temporary memory (tet10: ~14 kB per element).
 CHUNK = 40_000

@@ -1,9 +1,10 @@
 """Cross-check runner: solve a :class:`~fesim.fem.model.Model` with CalculiX (``ccx``).
 
-:func:`write_inp` writes a self-contained Abaqus/CalculiX input deck (C3D4 / C3D10, one
-material and ELSET per distinct ``(E, nu)``; C3D8 for hex8, full integration, ``*BOUNDARY`` for every constrained unknown,
-``*CLOAD`` for non-zero nodal forces, ``*NODE PRINT`` of U and RF). :func:`run_ccx` runs it
-in a temporary folder and parses the ``.dat`` file.
+:func:`write_job` writes the model with fesim's one deck writer
+(:func:`fesim.io.abaqus.write_inp`: C3D4 / C3D10, C3D8 for hex8 with full integration; here one
+material per distinct ``(E, nu)``, ``*BOUNDARY`` for every constrained unknown, ``*CLOAD`` for
+non-zero nodal forces, ``*NODE PRINT`` of U and RF). :func:`run_ccx` runs it in a temporary
+folder and parses the ``.dat`` file.
 
 Precision: the deck carries 13 significant digits; CalculiX prints results with 7
 (``%14.6E``), i.e. a relative rounding error below 5e-7 per value. Node order of C3D10
@@ -27,9 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SolverError
-
-#: Rows formatted per ``%`` operation when writing large decks (bounds temporary strings).
-_ROWS = 50_000
+from ..io.abaqus import write_inp
 
 
 @dataclass
@@ -47,59 +46,22 @@ def ccx_executable(name: str = "ccx") -> str | None:
     return shutil.which(os.environ.get("FESIM_CCX", name))
 
 
-def _write_rows(fh, fmt: str, rows: np.ndarray) -> None:
-    for s in range(0, len(rows), _ROWS):
-        chunk = rows[s:s + _ROWS]
-        fh.write((fmt * len(chunk)) % tuple(chunk.ravel().tolist()))
+def job_step(model) -> dict:
+    """The model's constraints and loads as one deck step (:func:`fesim.io.abaqus.write_inp`):
+    a ``*BOUNDARY`` line per constrained unknown, a ``*CLOAD`` line per non-zero nodal force."""
+    node, comp = model.bc_dofs // 3, model.bc_dofs % 3 + 1
+    nz = np.nonzero(model.forces)[0]
+    return {"name": "static",
+            "boundary": list(zip(node.tolist(), comp.tolist(), comp.tolist(), model.bc_values.tolist())),
+            "cload": list(zip((nz // 3).tolist(), (nz % 3 + 1).tolist(), model.forces[nz].tolist()))}
 
 
-def write_inp(model, path, node_print: bool = True, reactions: bool = True) -> Path:
-    """Write ``model`` as a CalculiX input deck.
-
-    Parameters
-    ----------
-    model : fesim.fem.model.Model
-    path : output ``.inp`` file
-    node_print : request ``*NODE PRINT`` of displacements (and reactions) into the ``.dat``
-    reactions : also print ``RF`` (all nodes)
-
-    Returns
-    -------
-    Path of the written deck.
-    """
-    path = Path(path)
-    mesh = model.mesh
-    M, n = mesh.cells.shape
-    etype = {4: "C3D4", 10: "C3D10", 8: "C3D8"}[n]
-    mats, mat_of = np.unique(np.column_stack([model.E, model.nu]), axis=0, return_inverse=True)
-    mat_of = mat_of.ravel()
-    with open(path, "w") as fh:
-        fh.write("** written by fesim.fem.ccx\n*NODE, NSET=NALL\n")
-        ids = np.arange(1, mesh.n_nodes + 1, dtype=float)[:, None]
-        _write_rows(fh, "%d,%.12e,%.12e,%.12e\n", np.hstack([ids, mesh.points]))
-        efmt = "%d" + ",%d" * n + "\n"
-        conn = np.hstack([np.arange(1, M + 1)[:, None], mesh.cells.astype(np.int64) + 1])
-        for k in range(len(mats)):
-            fh.write(f"*ELEMENT, TYPE={etype}, ELSET=M{k + 1}\n")
-            _write_rows(fh, efmt, conn[mat_of == k])
-        for k, (E, nu) in enumerate(mats):
-            fh.write(f"*MATERIAL, NAME=MAT{k + 1}\n*ELASTIC\n{E:.12e}, {nu:.12e}\n"
-                     f"*SOLID SECTION, ELSET=M{k + 1}, MATERIAL=MAT{k + 1}\n")
-        fh.write("*STEP\n*STATIC\n")
-        if model.bc_dofs.size:
-            node, comp = model.bc_dofs // 3 + 1, model.bc_dofs % 3 + 1
-            fh.write("*BOUNDARY\n")
-            _write_rows(fh, "%d,%d,%d,%.12e\n", np.column_stack([node, comp, comp, model.bc_values]))
-        nz = np.nonzero(model.forces)[0]
-        if nz.size:
-            fh.write("*CLOAD\n")
-            _write_rows(fh, "%d,%d,%.12e\n", np.column_stack([nz // 3 + 1, nz % 3 + 1, model.forces[nz]]))
-        if node_print:
-            fh.write("*NODE PRINT, NSET=NALL\nU\n")
-            if reactions:
-                fh.write("*NODE PRINT, NSET=NALL, TOTALS=NO\nRF\n")
-        fh.write("*END STEP\n")
-    return path
+def write_job(model, path, reactions: bool = True) -> Path:
+    """Write ``model`` as a CalculiX job deck: exact materials (one per distinct ``(E, nu)``),
+    13 significant digits, displacements (and reactions) printed to the ``.dat`` file."""
+    write_inp(path, model.mesh, model.E, model.nu, n_bins=None, steps=[job_step(model)], digits=13,
+              output="dat", reactions=reactions)
+    return Path(path)
 
 
 def _dat_block(text: str, header: str, n_nodes: int) -> np.ndarray | None:
@@ -165,7 +127,7 @@ def run_ccx(model, workdir=None, timeout: float | None = None, threads: int = 2,
     work.mkdir(parents=True, exist_ok=True)
     try:
         t = time.perf_counter()
-        write_inp(model, work / "job.inp", reactions=reactions)
+        write_job(model, work / "job.inp", reactions=reactions)
         write_s = time.perf_counter() - t
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), CCX_NPROC_EQUATION_SOLVER=str(threads),
                    CCX_NPROC_STIFFNESS=str(threads), CCX_NPROC_RESULTS=str(threads))
@@ -188,7 +150,7 @@ def run_ccx(model, workdir=None, timeout: float | None = None, threads: int = 2,
         if rc != 0:
             raise SolverError(f"ccx failed (exit {rc}): {tail[-200:]}")
         t = time.perf_counter()
-        u, rf = read_dat(work / "job.dat", model.mesh.n_nodes)
+        u, rf = read_dat(work / "job.dat", model.n_nodes)
         if u is None:
             raise SolverError(f"ccx wrote no displacements: {tail[-200:]}")
         r = None if rf is None else rf.ravel() - model.forces

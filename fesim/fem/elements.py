@@ -5,7 +5,7 @@ mid-edge nodes on edges (0,1), (1,2), (2,0), (0,3), (1,3), (2,3). Reference coor
 ``xi`` with barycentric ``L = (1 - xi1 - xi2 - xi3, xi1, xi2, xi3)``.
 
 Hexahedra: trilinear, VTK_HEXAHEDRON node order (= CalculiX C3D8 and FEBio hex8), reference
-cube ``[-1, 1]^3`` with corner signs :data:`fesim.mesh.tetmesh.HEX_CORNERS`; stiffness by
+cube ``[-1, 1]^3`` with corner signs :data:`fesim.cells.HEX_CORNERS`; stiffness by
 the 2 x 2 x 2 Gauss rule (full integration, as C3D8).
 
 Element stiffness is built from shape-function gradients ``G[m, q, a, i] = dN_a/dx_i`` as
@@ -21,9 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import MeshError
-from ..mesh.tetmesh import HEX_CORNERS
-
-EDGES = np.array([[0, 1], [1, 2], [2, 0], [0, 3], [1, 3], [2, 3]])
+from ..cells import HEX_CORNERS, TET10_EDGES as EDGES
 
 # 4-point degree-2 rule on the reference tetrahedron (volume 1/6).
 _A, _B = 0.5854101966249685, 0.1381966011250105

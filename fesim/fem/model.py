@@ -9,15 +9,34 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 from scipy.sparse.csgraph import connected_components
 import scipy.sparse as sp
 
 from ..errors import ModelError
-from ..mesh.tetmesh import TetMesh
 from .assembly import Assembler, partition
 from .solvers import LinearSolver, SolveInfo, make_solver
+
+
+class MeshArrays(Protocol):
+    """What the FE core needs of a mesh: node coordinates and connectivity.
+
+    ``points`` (N, 3) float64 in mm; ``cells`` (M, 4), (M, 10) or (M, 8) int, node orders of
+    :mod:`fesim.cells`. :class:`fesim.mesh.tetmesh.TetMesh` is one; so is :class:`Arrays`.
+    """
+
+    points: np.ndarray
+    cells: np.ndarray
+
+
+@dataclass(frozen=True)
+class Arrays:
+    """A plain :class:`MeshArrays`: ``points`` (N, 3) mm and ``cells`` (M, n) node ids."""
+
+    points: np.ndarray
+    cells: np.ndarray
 
 
 @dataclass
@@ -26,7 +45,8 @@ class Model:
 
     Attributes
     ----------
-    mesh : TetMesh
+    mesh : MeshArrays
+        Anything with ``points`` and ``cells`` (a mesher's mesh, or :class:`Arrays`).
     E : (M,) Young's modulus per element, MPa
     nu : (M,) Poisson's ratio per element
     bc_dofs : (K,) int64 constrained unknowns
@@ -41,8 +61,13 @@ class Model:
     bc_values: np.ndarray = field(default_factory=lambda: np.zeros(0))
     forces: np.ndarray | None = None
 
+    @classmethod
+    def from_arrays(cls, points, cells, E, nu) -> "Model":
+        """A model of node coordinates ``points`` (N, 3) mm and connectivity ``cells`` (M, n)."""
+        return cls(Arrays(np.asarray(points, dtype=float), np.asarray(cells)), E, nu)
+
     def __post_init__(self):
-        M = self.mesh.n_elements
+        M = len(self.mesh.cells)
         self.E = np.broadcast_to(np.asarray(self.E, dtype=float), (M,)).copy()
         self.nu = np.broadcast_to(np.asarray(self.nu, dtype=float), (M,)).copy()
         if np.any(self.E <= 0) or not np.all(np.isfinite(self.E)):
@@ -54,7 +79,11 @@ class Model:
 
     @property
     def n_dofs(self) -> int:
-        return 3 * self.mesh.n_nodes
+        return 3 * self.n_nodes
+
+    @property
+    def n_nodes(self) -> int:
+        return len(self.mesh.points)
 
     def fix(self, nodes, components=(0, 1, 2), value=0.0) -> "Model":
         """Prescribe displacement ``value`` (mm, scalar or per component) on ``nodes``."""
@@ -98,14 +127,15 @@ def check_supported(model: Model) -> None:
     rank 6 (no rigid motion leaves every constraint satisfied).
     """
     mesh = model.mesh
+    n_nodes = model.n_nodes
     if model.bc_dofs.size == 0:
         raise ModelError("the model has no displacement constraints: it is free to move as a rigid body")
     used = np.unique(mesh.cells)
-    if used.size != mesh.n_nodes:
-        raise ModelError(f"{mesh.n_nodes - used.size} node(s) belong to no element")
+    if used.size != n_nodes:
+        raise ModelError(f"{n_nodes - used.size} node(s) belong to no element")
     M, n = mesh.cells.shape
     rows = np.repeat(np.arange(M), n)
-    g = sp.csr_matrix((np.ones(M * n), (rows, mesh.cells.ravel())), shape=(M, mesh.n_nodes))
+    g = sp.csr_matrix((np.ones(M * n), (rows, mesh.cells.ravel())), shape=(M, n_nodes))
     ncomp, lab = connected_components(g.T @ g, directed=False)
     cnode = model.bc_dofs // 3
     for c in range(ncomp):
@@ -114,7 +144,7 @@ def check_supported(model: Model) -> None:
         if sel.size < 6 and nodes_c.size > 1 or sel.size == 0:
             raise ModelError(f"part {c} ({nodes_c.size} nodes) is not held against rigid-body motion")
         B = rigid_body_modes(mesh.points[nodes_c])
-        local = np.full(mesh.n_nodes, -1)
+        local = np.full(n_nodes, -1)
         local[nodes_c] = np.arange(nodes_c.size)
         rowsB = 3 * local[sel // 3] + sel % 3
         s = np.linalg.svd(B[rowsB], compute_uv=False)
@@ -283,7 +313,7 @@ class StaticProblem:
         if self._solver is None:
             B = rigid_body_modes(m.mesh.points)[self.free]
             self._solver = make_solver(self.K_ff, self.method, rtol=self.rtol, near_null=B,
-                                       cells=m.mesh.cells, free=self.free, n_nodes=m.mesh.n_nodes)
+                                       cells=m.mesh.cells, free=self.free, n_nodes=m.n_nodes)
         else:
             self._solver.update(self.K_ff, reuse=True)
 

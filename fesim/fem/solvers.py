@@ -11,7 +11,9 @@ of the same pattern (``update``) reuse it. Back ends:
 * ``"direct"`` — scipy's SuperLU (small models; exact to round-off);
 * ``"cholmod"`` / ``"pardiso"`` — optional extras (scikit-sparse, pypardiso), used when installed.
 
-``"auto"`` picks a direct solver below :data:`AUTO_DIRECT_MAX_DOFS` unknowns and AMG above.
+``"auto"`` picks a direct solver up to :data:`AUTO_DIRECT_MAX_DOFS` unknowns, above it ``"pmg"``
+(``"amg"`` when no mesh cells are given). Back ends are registered in :data:`SOLVERS`
+(:func:`register`); the CLI's ``--solver`` choices come from there.
 """
 
 from __future__ import annotations
@@ -24,24 +26,54 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
+from ..cells import TET10_EDGES
 from ..errors import SolverError
+from ..registry import Registry
 
 AUTO_DIRECT_MAX_DOFS = 20_000
 
-_REGISTRY: dict[str, type] = {}
+#: Linear-solver back ends by name (``"auto"`` is not one: :func:`make_solver` picks among them).
+SOLVERS = Registry("solver", error=SolverError)
 
 
-def register(name):
+def register(name: str, description: str):
+    """Class decorator: register a :class:`LinearSolver` subclass as back end ``name``."""
     def deco(cls):
-        _REGISTRY[name] = cls
-        cls.name = name
+        cls.name, cls.description = name, description
+        SOLVERS.add(cls)
         return cls
     return deco
 
 
 def available() -> list[str]:
     """Names of the back ends usable on this machine."""
-    return [n for n, c in _REGISTRY.items() if c.is_available()]
+    return [n for n, c in SOLVERS.items() if c.is_available()]
+
+
+def cg_counted(A, b, M, x0=None, rtol: float = 1e-8, maxiter: int | None = None):
+    """Preconditioned CG (scipy) to relative residual ``rtol``: ``(x, info, iterations)``."""
+    it = [0]
+
+    def count(xk):
+        it[0] += 1
+
+    x, info = spla.cg(A, b, x0=x0, rtol=rtol, atol=0.0, maxiter=maxiter, M=M, callback=count)
+    return x, info, it[0]
+
+
+def sa_hierarchy(A, B, max_coarse: int = 500):
+    """pyamg smoothed-aggregation hierarchy of every AMG in fesim (the ``amg`` back end and the
+    coarse level of ``pmg``): near-null space ``B`` (rigid-body modes), symmetric strength of
+    connection with theta 0, one Jacobi prolongation smoothing step (omega 4/3), symmetric
+    Gauss-Seidel pre- and post-smoothing, SuperLU on the coarsest level."""
+    import pyamg
+
+    return pyamg.smoothed_aggregation_solver(
+        A, B=B, symmetry="hermitian", strength=("symmetric", {"theta": 0.0}),
+        smooth=("jacobi", {"omega": 4.0 / 3.0, "degree": 1}),
+        presmoother=("gauss_seidel", {"sweep": "symmetric"}),
+        postsmoother=("gauss_seidel", {"sweep": "symmetric"}),
+        max_coarse=max_coarse, coarse_solver="splu", keep=False)
 
 
 @dataclass
@@ -96,7 +128,7 @@ class LinearSolver:
         return x, SolveInfo(self.name, it, float(res), self.setup_s, dt, self._setup_count > 1)
 
 
-@register("direct")
+@register("direct", "SuperLU factorisation (scipy); exact to round-off, for small models")
 class DirectSolver(LinearSolver):
     """SuperLU factorisation (scipy) with a symmetric fill-reducing ordering.
 
@@ -125,20 +157,14 @@ class DirectSolver(LinearSolver):
             return self._lu.solve(b), 1
         n = self.A.shape[0]
         M = spla.LinearOperator((n, n), matvec=self._lu.solve, dtype=np.float64)
-        it = [0]
-
-        def cb(xk):
-            it[0] += 1
-
-        x, info = spla.cg(self.A, b, x0=x0, rtol=rtol, atol=0.0, maxiter=self.max_reuse_iter,
-                          M=M, callback=cb)
+        x, info, it = cg_counted(self.A, b, M, x0, rtol, self.max_reuse_iter)
         if info != 0:  # old factors no longer a good preconditioner: factorise this matrix
             self._setup(self.A, reuse=False)
-            return self._lu.solve(b), it[0] + 1
-        return x, it[0]
+            return self._lu.solve(b), it + 1
+        return x, it
 
 
-@register("cholmod")
+@register("cholmod", "CHOLMOD Cholesky (optional extra scikit-sparse)")
 class CholmodSolver(LinearSolver):
     """CHOLMOD supernodal Cholesky (optional extra: scikit-sparse). Reuses the symbolic analysis."""
 
@@ -161,7 +187,7 @@ class CholmodSolver(LinearSolver):
         return self._factor(b), 1
 
 
-@register("pardiso")
+@register("pardiso", "MKL PARDISO (optional extra pypardiso)")
 class PardisoSolver(LinearSolver):
     """Intel MKL PARDISO (optional extra: pypardiso)."""
 
@@ -181,7 +207,7 @@ class PardisoSolver(LinearSolver):
         return self._ps.solve(self._A_upper, b), 1
 
 
-@register("amg")
+@register("amg", "CG with smoothed-aggregation AMG (pyamg, rigid-body modes)")
 class AMGSolver(LinearSolver):
     """CG + pyamg smoothed aggregation with rigid-body near-null space.
 
@@ -193,32 +219,17 @@ class AMGSolver(LinearSolver):
     max_coarse = 500
 
     def _setup(self, A, reuse):
-        import pyamg
-
         if reuse and getattr(self, "_ml", None) is not None:
             return
-        B = self.near_null
-        self._ml = pyamg.smoothed_aggregation_solver(
-            A, B=B, symmetry="hermitian", strength=("symmetric", {"theta": 0.0}),
-            smooth=("jacobi", {"omega": 4.0 / 3.0, "degree": 1}),
-            presmoother=("block_gauss_seidel", {"sweep": "symmetric"}),
-            postsmoother=("block_gauss_seidel", {"sweep": "symmetric"}),
-            max_coarse=self.max_coarse, coarse_solver="splu", keep=False,
-        )
+        self._ml = sa_hierarchy(A, self.near_null, self.max_coarse)
         self._M = self._ml.aspreconditioner(cycle="V")
 
     def _solve(self, b, x0, rtol):
-        it = [0]
-
-        def cb(xk):
-            it[0] += 1
-
-        x, info = spla.cg(self.A, b, x0=x0, rtol=rtol, atol=0.0, maxiter=self.maxiter,
-                          M=self._M, callback=cb)
+        x, info, it = cg_counted(self.A, b, self._M, x0, rtol, self.maxiter)
         if info != 0:
-            raise SolverError(f"AMG-CG did not converge to {rtol:g} in {it[0]} iterations"
+            raise SolverError(f"AMG-CG did not converge to {rtol:g} in {it} iterations"
                               " (ill-conditioned or singular model)")
-        return x, it[0]
+        return x, it
 
 
 def make_solver(A, method: str = "auto", rtol: float = 1e-8, near_null=None, **kw) -> LinearSolver:
@@ -238,17 +249,12 @@ def make_solver(A, method: str = "auto", rtol: float = 1e-8, near_null=None, **k
             method = "cholmod" if CholmodSolver.is_available() else "direct"
         else:
             method = "pmg" if kw.get("cells") is not None else "amg"
-    if method not in _REGISTRY:
-        raise SolverError(f"unknown solver {method!r}; choose from {sorted(_REGISTRY)}")
-    cls = _REGISTRY[method]
+    cls = SOLVERS.get_or_raise(method)
     if not getattr(cls, "needs_mesh", False):  # mesh keywords are optional hints for others
         kw = {k: v for k, v in kw.items() if k not in ("cells", "free", "n_nodes")}
     if not cls.is_available():
         raise SolverError(f"solver {method!r} is not installed (optional extra)")
     return cls(A, rtol=rtol, near_null=near_null, **kw)
-
-
-_TET10_EDGES = np.array([[0, 1], [1, 2], [2, 0], [0, 3], [1, 3], [2, 3]])
 
 
 def p_prolongation(cells: np.ndarray, n_nodes: int):
@@ -262,7 +268,7 @@ def p_prolongation(cells: np.ndarray, n_nodes: int):
     cidx = np.full(n_nodes, -1, dtype=np.int64)
     cidx[corners] = np.arange(corners.size)
     mid = cells[:, 4:].ravel()
-    ends = cells[:, _TET10_EDGES].reshape(-1, 2)
+    ends = cells[:, TET10_EDGES].reshape(-1, 2)
     mid, first = np.unique(mid, return_index=True)
     ends = cidx[ends[first]]
     rows = np.concatenate([corners, mid, mid])
@@ -280,18 +286,7 @@ def _dof_expand(P_node: sp.csr_matrix) -> sp.csr_matrix:
     return sp.csr_matrix((v, (r, c)), shape=(3 * P_node.shape[0], 3 * P_node.shape[1]))
 
 
-def _sa_hierarchy(A, B, max_coarse=500):
-    import pyamg
-
-    return pyamg.smoothed_aggregation_solver(
-        A, B=B, symmetry="hermitian", strength=("symmetric", {"theta": 0.0}),
-        smooth=("jacobi", {"omega": 4.0 / 3.0, "degree": 1}),
-        presmoother=("gauss_seidel", {"sweep": "symmetric"}),
-        postsmoother=("gauss_seidel", {"sweep": "symmetric"}),
-        max_coarse=max_coarse, coarse_solver="splu", keep=False)
-
-
-@register("pmg")
+@register("pmg", "CG with tet10 -> tet4 p-multigrid and AMG on tet4 (default for large models)")
 class PMultigridSolver(LinearSolver):
     """CG + two-level p-multigrid for tet10: Chebyshev-Jacobi smoothing on the tet10 unknowns,
     ``coarse_cycles`` smoothed-aggregation AMG V-cycles on the Galerkin tet4 (corner-node)
@@ -300,7 +295,7 @@ class PMultigridSolver(LinearSolver):
 
     Needs the mesh: pass ``cells`` (M, 10), ``free`` (the unknowns of ``A`` among the
     ``3 * n_nodes`` of the mesh) and ``n_nodes`` to :func:`make_solver`. For tet4 and hex8
-    meshes it is plain AMG with the same settings as the coarse level.
+    meshes it is plain AMG (:func:`sa_hierarchy`, as the ``amg`` back end and the coarse level).
 
     Parameters
     ----------
@@ -348,12 +343,12 @@ class PMultigridSolver(LinearSolver):
             self._P, self._coarse_rows = self._build_P()
         P = self._P
         if P is None:  # tet4: AMG only
-            ml = _sa_hierarchy(A, self.near_null)
+            ml = sa_hierarchy(A, self.near_null)
             self._prec = ml.aspreconditioner(cycle="V")
             return
         Ac = (P.T @ (A @ P)).tocsr()
         Bc = None if self.near_null is None else self.near_null[self._coarse_rows]
-        self._ml = _sa_hierarchy(Ac, Bc)
+        self._ml = sa_hierarchy(Ac, Bc)
         t_amg = time.perf_counter()
         dtype = np.float32 if self.float32 else np.float64
         self._As = A.astype(dtype)
@@ -405,13 +400,7 @@ class PMultigridSolver(LinearSolver):
         return x.astype(np.float64)
 
     def _solve(self, b, x0, rtol):
-        it = [0]
-
-        def cb(xk):
-            it[0] += 1
-
-        x, info = spla.cg(self.A, b, x0=x0, rtol=rtol, atol=0.0, maxiter=self.maxiter,
-                          M=self._prec, callback=cb)
+        x, info, it = cg_counted(self.A, b, self._prec, x0, rtol, self.maxiter)
         if info != 0:
-            raise SolverError(f"p-multigrid CG did not converge to {rtol:g} in {it[0]} iterations")
-        return x, it[0]
+            raise SolverError(f"p-multigrid CG did not converge to {rtol:g} in {it} iterations")
+        return x, it

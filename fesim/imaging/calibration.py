@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from fesim.errors import CalibrationError
 from fesim.imaging.volume import Volume
+from fesim.io.atomic import jsonable
 from fesim.material.density import BMD_MATERIALS as MATERIALS
 
 
@@ -74,18 +75,8 @@ class Calibration:
             "method": self.method,
             "material": self.material,
             "points": [[float(h), float(d)] for h, d in self.points],
-            "details": _jsonable(self.details),
+            "details": jsonable(self.details),
         }
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    return obj
 
 
 def _line_fit(x, y):
@@ -371,7 +362,8 @@ def phantom_calibration(hu: Volume, rod_densities_mg_cm3, rods=None, material: s
     )
 
 
-#: Mindways QCT Pro constants (domain.md section 2, QCT PRO User Guide v5.0 via Ogo).
+#: Mindways QCT Pro constants (QCT PRO User Guide v5.0, as implemented in Bonelab's Ogo;
+#: docs/references.md).
 MINDWAYS_SIGMA_OFFSET = 0.2174
 MINDWAYS_BETA_OFFSET = 999.6
 

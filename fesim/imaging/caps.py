@@ -1,7 +1,8 @@
 """End caps for compression tests: PMMA (or disc) layers on the vertebral endplates.
 
 Many validation studies embed the endplates in PMMA before compressing a vertebra
-(domain.md section 4: PMMA embedding raises ultimate loads ~22 % over a disc interface).
+(Maquer, Schwiedrzik & Zysset: PMMA embedding raised ultimate loads ~22 % over a disc
+interface; docs/references.md).
 The caps are built in the image domain, as masks on the vertebra's grid, so that the mesher
 can mesh vertebra and caps as one conforming body; the mesh stage then labels the cap
 elements (:func:`fesim.mesh.caps.assign_cap_regions`).

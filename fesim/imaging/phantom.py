@@ -20,7 +20,9 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from fesim.errors import InputError
+from fesim.imaging import segmentation as seg
 from fesim.imaging.volume import Volume
+from fesim.io.atomic import jsonable
 
 #: True HU of the soft tissues (also stored in ``landmarks["tissue_hu"]``).
 TISSUE_HU = {"air": -1000.0, "fat": -100.0, "muscle": 50.0, "blood": 40.0,
@@ -211,6 +213,88 @@ def _grid(spec: PhantomSpec):
     return d @ lo_l, d, spacing, shape
 
 
+def _soft_tissue(hu, x, y) -> None:
+    """Skin ellipse, subcutaneous fat layer, muscle, fat pocket, aorta, canal (HU in place)."""
+    skin = _ellipse_sdf(x, y + 10.0, 80.0, 60.0)
+    hu[skin <= 0] = TISSUE_HU["fat"]
+    hu[skin <= -8.0] = TISSUE_HU["muscle"]
+    hu[np.hypot(x + 25.0, y + 35.0) <= 9.0] = TISSUE_HU["fat"]
+    hu[np.hypot(x - 15.0, y + 33.0) <= 10.0] = TISSUE_HU["blood"]
+    hu[_ellipse_sdf(x, y - 25.0, 10.0, 7.0) <= 0] = TISSUE_HU["csf"]
+
+
+def _discs(hu, labels, xyz, levels) -> None:
+    """Intervertebral discs above and below each vertebra (HU and label 4, in place)."""
+    x, y, z = xyz
+    disc_z = [(c + s * (BODY_H + DISC_H) / 2) for c, _ in levels for s in (-1, 1)]
+    for zc in sorted(set(np.round(disc_z, 6))):
+        disc = np.maximum(_ellipse_sdf(x, y, BODY_A, BODY_B),
+                          _slab(z, zc - DISC_H / 2, zc + DISC_H / 2)) <= 0
+        hu[disc], labels[disc] = TISSUE_HU["disc"], 4
+
+
+def _vertebrae(bmd, labels, regions, xyz, levels, spec, d, spacing) -> np.ndarray:
+    """BMD (mg/cm^3), labels and (central vertebra) sub-regions of the vertebrae, in place;
+    returns the bone volume fraction of each voxel."""
+    x, y, z = xyz
+    tb, cb = spec.trabecular_bmd * spec.density_scale, spec.cortical_bmd * spec.density_scale
+    fraction = np.zeros(x.shape)
+    for zc, label in levels:
+        # Evaluate each vertebra only on the voxels of its slab (speed with neighbours).
+        sel = np.flatnonzero(np.abs(z - zc) <= BODY_H / 2 + spacing.max() + 1.0)
+        xs, ys, zs = x.flat[sel], y.flat[sel], z.flat[sel] - zc
+        parts = _vertebra(xs, ys, zs)
+        bone_sdf = np.minimum.reduce(list(parts.values()))
+        bone = bone_sdf <= 0
+        f_bone, f_inner = _partial_volume(bone_sdf, (xs, ys, zs), d, spacing)
+        # Trabecular BMD: denser near the endplates and posteriorly (about 0.88-1.27 x tb).
+        zr = zs / (BODY_H / 2)
+        trab = tb * (1.0 + 0.15 * zr**2 + 0.12 * np.clip(ys / BODY_B, -1, 1.5))
+        local = np.where(parts["body"] <= 0, trab, 1.2 * tb)
+        part = f_bone > 0
+        bmd.flat[sel[part]] = ((f_bone - f_inner) * cb + f_inner * local)[part]
+        fraction.flat[sel[part]] = f_bone[part]
+        idx = sel[bone]
+        labels.flat[idx] = label
+        if label == 1:
+            reg = np.where(parts["pedicle_left"] <= 0, seg.LEFT_PEDICLE, seg.OTHER_POSTERIOR)
+            reg = np.where(parts["pedicle_right"] <= 0, seg.RIGHT_PEDICLE, reg)
+            reg = np.where(parts["body"] <= 0, np.where(bone_sdf > -CORTEX_MM, seg.CORTICAL_SHELL,
+                                                        seg.TRABECULAR_BODY), reg)
+            regions.flat[idx] = reg[bone]
+    return fraction
+
+
+def _rods(hu, bmd, x, y, spec) -> list:
+    """Calibration rods in their block below the patient (HU and BMD in place); the rods."""
+    rods = []
+    if not spec.rods_mg_cm3:
+        return rods
+    n = len(spec.rods_mg_cm3)
+    pitch = min(ROD_PITCH, 84.0 / max(n - 1, 1))  # the row must fit the 110 mm field
+    if pitch < 2 * ROD_RADIUS + 1.0:
+        raise InputError(f"too many calibration rods ({n}); at most 7 fit the field of view")
+    block = (np.abs(x) <= 0.5 * pitch * (n - 1) + ROD_RADIUS + 4.0) & \
+            (y >= BLOCK_Y[0]) & (y <= BLOCK_Y[1])
+    hu[block] = spec.hu_offset - BLOCK_BELOW_WATER_HU
+    xs = (np.arange(n) - 0.5 * (n - 1)) * pitch
+    for xc, rho in zip(xs, spec.rods_mg_cm3):
+        rods.append(Rod(np.array([xc, ROD_Y, 0.0]), ROD_RADIUS, float(rho)))
+        inside = np.hypot(x - xc, y - ROD_Y) <= ROD_RADIUS
+        bmd[inside] = rho
+        hu[inside] = spec.hu_offset + spec.hu_per_mg * rho
+    return rods
+
+
+def _scanner(hu, spec, spacing) -> np.ndarray:
+    """The scanner's blur and noise, rounded to 12-bit HU (float32)."""
+    rng = np.random.default_rng(spec.seed)
+    if spec.blur_mm > 0:
+        hu = gaussian_filter(hu, sigma=spec.blur_mm / spacing, mode="nearest")
+    hu = hu + rng.normal(0.0, spec.noise_hu, hu.shape) if spec.noise_hu > 0 else hu
+    return np.clip(np.round(hu), -1024, 3071).astype(np.float32)
+
+
 def make_phantom(spec: PhantomSpec = PhantomSpec()) -> Phantom:
     """Build the synthetic QCT phantom.
 
@@ -234,76 +318,19 @@ def make_phantom(spec: PhantomSpec = PhantomSpec()) -> Phantom:
     x, y, z = np.moveaxis(ijk @ (d * spacing).T + origin, -1, 0)
     del ijk
 
-    tb, cb = spec.trabecular_bmd * spec.density_scale, spec.cortical_bmd * spec.density_scale
     hu = np.full(shape, TISSUE_HU["air"])
     bmd = np.zeros(shape)
     labels = np.zeros(shape, np.uint8)
     regions = np.zeros(shape, np.uint8)
-
-    # Soft tissue: skin ellipse, subcutaneous fat layer, muscle, fat pocket, aorta, canal.
-    skin = _ellipse_sdf(x, y + 10.0, 80.0, 60.0)
-    hu[skin <= 0] = TISSUE_HU["fat"]
-    hu[skin <= -8.0] = TISSUE_HU["muscle"]
-    hu[np.hypot(x + 25.0, y + 35.0) <= 9.0] = TISSUE_HU["fat"]
-    hu[np.hypot(x - 15.0, y + 33.0) <= 10.0] = TISSUE_HU["blood"]
-    hu[_ellipse_sdf(x, y - 25.0, 10.0, 7.0) <= 0] = TISSUE_HU["csf"]
-
+    _soft_tissue(hu, x, y)
     levels = [(0.0, 1)] + ([(PERIOD, 2), (-PERIOD, 3)] if spec.neighbours else [])
-    disc_z = [(c + s * (BODY_H + DISC_H) / 2) for c, _ in levels for s in (-1, 1)]
-    for zc in sorted(set(np.round(disc_z, 6))):
-        disc = np.maximum(_ellipse_sdf(x, y, BODY_A, BODY_B),
-                          _slab(z, zc - DISC_H / 2, zc + DISC_H / 2)) <= 0
-        hu[disc], labels[disc] = TISSUE_HU["disc"], 4
-
-    fraction = np.zeros(shape)  # bone volume fraction of each voxel
-    for zc, label in levels:
-        # Evaluate each vertebra only on the voxels of its slab (speed with neighbours).
-        sel = np.flatnonzero(np.abs(z - zc) <= BODY_H / 2 + spacing.max() + 1.0)
-        xs, ys, zs = x.flat[sel], y.flat[sel], z.flat[sel] - zc
-        parts = _vertebra(xs, ys, zs)
-        bone_sdf = np.minimum.reduce(list(parts.values()))
-        bone = bone_sdf <= 0
-        f_bone, f_inner = _partial_volume(bone_sdf, (xs, ys, zs), d, spacing)
-        # Trabecular BMD: denser near the endplates and posteriorly (about 0.88-1.27 x tb).
-        zr = zs / (BODY_H / 2)
-        trab = tb * (1.0 + 0.15 * zr**2 + 0.12 * np.clip(ys / BODY_B, -1, 1.5))
-        local = np.where(parts["body"] <= 0, trab, 1.2 * tb)
-        part = f_bone > 0
-        bmd.flat[sel[part]] = ((f_bone - f_inner) * cb + f_inner * local)[part]
-        fraction.flat[sel[part]] = f_bone[part]
-        idx = sel[bone]
-        labels.flat[idx] = label
-        if label == 1:
-            reg = np.where(parts["pedicle_left"] <= 0, 3, 5)
-            reg = np.where(parts["pedicle_right"] <= 0, 4, reg)
-            reg = np.where(parts["body"] <= 0, np.where(bone_sdf > -CORTEX_MM, 2, 1), reg)
-            regions.flat[idx] = reg[bone]
-
-    rods = []
-    if spec.rods_mg_cm3:
-        n = len(spec.rods_mg_cm3)
-        pitch = min(ROD_PITCH, 84.0 / max(n - 1, 1))  # the row must fit the 110 mm field
-        if pitch < 2 * ROD_RADIUS + 1.0:
-            raise InputError(f"too many calibration rods ({n}); at most 7 fit the field of view")
-        block = (np.abs(x) <= 0.5 * pitch * (n - 1) + ROD_RADIUS + 4.0) & \
-                (y >= BLOCK_Y[0]) & (y <= BLOCK_Y[1])
-        hu[block] = spec.hu_offset - BLOCK_BELOW_WATER_HU
-        xs = (np.arange(n) - 0.5 * (n - 1)) * pitch
-        for xc, rho in zip(xs, spec.rods_mg_cm3):
-            rods.append(Rod(np.array([xc, ROD_Y, 0.0]), ROD_RADIUS, float(rho)))
-            inside = np.hypot(x - xc, y - ROD_Y) <= ROD_RADIUS
-            bmd[inside] = rho
-            hu[inside] = spec.hu_offset + spec.hu_per_mg * rho
-
+    _discs(hu, labels, (x, y, z), levels)
+    fraction = _vertebrae(bmd, labels, regions, (x, y, z), levels, spec, d, spacing)
+    rods = _rods(hu, bmd, x, y, spec)
     bone = fraction > 0
     hu[bone] = (1.0 - fraction[bone]) * hu[bone] + fraction[bone] * spec.hu_offset \
         + spec.hu_per_mg * bmd[bone]
-
-    rng = np.random.default_rng(spec.seed)
-    if spec.blur_mm > 0:
-        hu = gaussian_filter(hu, sigma=spec.blur_mm / spacing, mode="nearest")
-    hu = hu + rng.normal(0.0, spec.noise_hu, shape) if spec.noise_hu > 0 else hu
-    hu = np.clip(np.round(hu), -1024, 3071).astype(np.float32)
+    hu = _scanner(hu, spec, spacing)
 
     grid = dict(spacing=spacing, origin=origin, direction=d)
     meta = {"modality": "CT", "source": "fesim phantom", "seed": spec.seed}
@@ -340,22 +367,10 @@ def _landmarks() -> dict:
     return marks
 
 
-def _jsonable(obj):
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
-
-
 def truth_dict(phantom: Phantom) -> dict:
     """JSON-ready ground truth: spec, true calibration, rods, landmarks and grid."""
     spec = phantom.spec
-    return _jsonable({
+    return jsonable({
         "spec": asdict(spec),
         "calibration": {"hu_per_mg": spec.hu_per_mg, "hu_offset": spec.hu_offset,
                         "equation": "HU = hu_offset + hu_per_mg * BMD (mg/cm^3 K2HPO4)"},
@@ -422,7 +437,7 @@ def write_phantom(phantom: Phantom, out_dir, compressed: str | None = None,
         patient={"PatientName": "SYNTH^JANE", "PatientID": f"SYN-{seed}",
                  "PatientBirthDate": "19480312", "PatientSex": "F"},
         series_description="fesim synthetic L4 QCT phantom",
-        uid_key=json.dumps(_jsonable(asdict(phantom.spec)), sort_keys=True),
+        uid_key=json.dumps(jsonable(asdict(phantom.spec)), sort_keys=True),
     )
     if write_labels:
         from fesim.imaging.nifti import write_nifti

@@ -1,6 +1,6 @@
 """Pedicle-screw planning and screw-in-bone checks.
 
-Two trajectories (screw sizes from Matsukawa et al. 2015, domain.md section 1):
+Two trajectories (screw sizes from Matsukawa et al. 2015, docs/references.md):
 
 ``"traditional"`` (TT), 6.5 x 40 mm
     Along the pedicle axis through the centre of the pedicle isthmus, i.e. converging
@@ -37,8 +37,8 @@ from scipy import ndimage as ndi
 
 from fesim.errors import ScrewPlanError
 from fesim.imaging.screwplan import ScrewPlan
-from fesim.imaging.segmentation import _crop, subregions
-from fesim.imaging.volume import Volume
+from fesim.imaging.segmentation import BODY_CODES, PEDICLE_CODES, subregions
+from fesim.imaging.volume import Volume, crop
 
 #: Default (length mm, diameter mm) and nominal (lateral deg, cranial deg) per trajectory.
 SCREW_DEFAULTS = {"traditional": (40.0, 6.5), "cortical": (35.0, 5.5)}
@@ -156,7 +156,7 @@ def check_screw(mask: Volume, screw: ScrewPlan, regions: Volume | None = None,
     step = min(0.4, 0.5 * float(mask.spacing.min()), screw.radius_mm / 3)
     pts, t = _cylinder_points(screw, step)
     big = 1e3
-    dist = _sample(sdf, pts, 1, big)
+    dist = sdf.sample(pts, order=1, cval=big)
     fraction = float(np.mean(dist <= 0))
     shank = t >= screw.radius_mm
     max_out = float(max(dist[shank].max(), 0.0)) if shank.any() else float(max(dist.max(), 0.0))
@@ -165,10 +165,10 @@ def check_screw(mask: Volume, screw: ScrewPlan, regions: Volume | None = None,
     axis_pts = screw.entry + ts[:, None] * screw.direction
     wall = -sdf.sample(axis_pts, order=1, cval=big) - screw.radius_mm
     reg = regions.sample(axis_pts, order=0, cval=0).astype(int)
-    in_ped = np.isin(reg, (3, 4))
+    in_ped = np.isin(reg, tuple(PEDICLE_CODES.values()))
     min_wall = float(wall[in_ped].min() if in_ped.any() else wall.min())
     tip_reg = int(regions.sample(screw.tip - 0.5 * step * screw.direction, order=0, cval=0))
-    result = ScrewCheck(fraction, min_wall, max_out, bool(min_wall < 0), tip_reg in (1, 2))
+    result = ScrewCheck(fraction, min_wall, max_out, bool(min_wall < 0), tip_reg in BODY_CODES)
     if max_out > tol_mm:
         raise ScrewPlanError(
             f"{screw.side} screw leaves the vertebra by {max_out:.1f} mm (tolerance {tol_mm:.1f} mm); "
@@ -242,7 +242,7 @@ def plan_screws(mask: Volume, regions: Volume | None = None, sides=("left", "rig
     for side in sides:
         if side not in ("left", "right"):
             raise ScrewPlanError(f"side must be 'left' or 'right', got {side!r}")
-        code = 3 if side == "left" else 4
+        code = PEDICLE_CODES[side]
         centre, ped_axis = _pedicle_geometry(regions, code, frame, side)
         nominal = ped_axis if trajectory == "traditional" else _cbt_direction(frame, side)
         passes, dirs, devs = _candidate_lines(sdf, regions, code, centre, nominal, frame, side,
@@ -254,18 +254,11 @@ def plan_screws(mask: Volume, regions: Volume | None = None, sides=("left", "rig
     return plans
 
 
-def _sample(vol: Volume, pts: np.ndarray, order: int, cval: float) -> np.ndarray:
-    """Interpolate ``vol`` at LPS points (N, 3) (faster than Volume.sample for many points)."""
-    m_inv = np.linalg.inv(vol.direction * vol.spacing[None, :])
-    idx = np.einsum("ij,nj->in", m_inv, np.ascontiguousarray(pts) - vol.origin)
-    return ndi.map_coordinates(vol.data, idx, order=order, mode="constant", cval=cval)
-
-
 def _crop_pair(mask: Volume, regions: Volume, margin: int = 8):
     """Mask and regions cropped to the bone plus ``margin`` voxels (speed)."""
     if not np.any(mask.data):
         raise ScrewPlanError("empty vertebra mask")
-    sub, box = _crop(mask, mask.data > 0, margin)
+    sub, box = crop(mask, mask.data > 0, margin)
     cut_mask = Volume(mask.data[box], mask.spacing, sub.origin, mask.direction, dict(mask.meta))
     cut_regions = Volume(regions.data[box], regions.spacing, sub.origin, regions.direction, dict(regions.meta))
     return cut_mask, cut_regions
@@ -277,7 +270,7 @@ def _pedicle_geometry(regions: Volume, code: int, frame: dict, side: str):
     if len(idx) < 5:
         raise ScrewPlanError(f"no {side} pedicle found in the vertebra")
     pts = regions.index_to_world(idx)
-    body = np.isin(regions.data, (1, 2))
+    body = np.isin(regions.data, BODY_CODES)
     dist = ndi.distance_transform_edt(~body, sampling=regions.spacing)[tuple(idx.T)]
     # Centre line: centroids of the pedicle's iso-distance shells around the body.
     step = max(1.0, float(regions.spacing.max()))
@@ -435,7 +428,7 @@ def _best_screw(sdf: Volume, regions: Volume, passes, dirs, devs, side, trajecto
     reg = ndi.map_coordinates(regions.data, idx, order=0, mode="constant", cval=0).reshape(sd.shape)
     tt = ts[None, :]
     zone = (tt >= t_entry[..., None]) & (tt <= 0)
-    core = zone & (reg >= 1) & (reg <= 4)
+    core = zone & np.isin(reg, BODY_CODES + tuple(PEDICLE_CODES.values()))
     wall = np.where(core, clear, np.inf).min(axis=1)
     wall = np.where(np.isfinite(wall), wall, clear[:, i0])
     ok = (wall >= WALL_MARGIN_MM - slack) & (n_back > 1) & inside[:, i0]
@@ -493,11 +486,11 @@ def _front_limit(sdf: Volume, regions: Volume, frame: dict, side: str, p, d, t_e
                  "upper": g @ frame["body_axis"], "lower": -(g @ frame["body_axis"])}
         face = max(comps, key=comps.get)
         reg = int(regions.sample(x, order=0, cval=0))
-        if reg in (3, 4):
+        if reg in PEDICLE_CODES.values():
             return f"{face} wall of the pedicle"
         if face in ("upper", "lower"):
             return f"{face} endplate"
-        return f"{face} cortex of the body" if reg in (1, 2) else f"{face} surface of the bone"
+        return f"{face} cortex of the body" if reg in BODY_CODES else f"{face} surface of the bone"
 
     t_fail = t_front + 0.5  # the first tip position (search step 0.5 mm) that was refused
     face = where(t_fail)

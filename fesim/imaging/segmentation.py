@@ -11,11 +11,24 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from fesim.errors import SegmentationError
-from fesim.imaging.volume import Volume
+from fesim.imaging.volume import Volume, crop
 
-#: Sub-region codes returned by :func:`subregions`.
-REGION_NAMES = {1: "trabecular body", 2: "cortical shell", 3: "left pedicle",
-                4: "right pedicle", 5: "other posterior elements"}
+#: Sub-region codes of :func:`subregions`' map (0: not bone). One owner: every module that
+#: reads the map uses these names.
+TRABECULAR_BODY = 1
+CORTICAL_SHELL = 2
+LEFT_PEDICLE = 3
+RIGHT_PEDICLE = 4
+OTHER_POSTERIOR = 5
+REGION_NAMES = {TRABECULAR_BODY: "trabecular body", CORTICAL_SHELL: "cortical shell",
+                LEFT_PEDICLE: "left pedicle", RIGHT_PEDICLE: "right pedicle",
+                OTHER_POSTERIOR: "other posterior elements"}
+#: The vertebral body (trabecular core and cortical shell).
+BODY_CODES = (TRABECULAR_BODY, CORTICAL_SHELL)
+#: Pedicle code of each side.
+PEDICLE_CODES = {"left": LEFT_PEDICLE, "right": RIGHT_PEDICLE}
+#: Posterior elements (pedicles and the rest of the arch): every code above the body's.
+POSTERIOR_CODES = (LEFT_PEDICLE, RIGHT_PEDICLE, OTHER_POSTERIOR)
 
 _BALL26 = np.ones((3, 3, 3), bool)
 
@@ -150,7 +163,7 @@ def segment_vertebra(image: Volume, seed_lps=None, threshold: float | None = Non
         raise SegmentationError(f"no voxel above the bone threshold {threshold:g}")
     target = _pick_component(image, comp, n, seed_lps)
     radius = max(1.0, 1.5 * float(h.min()))
-    sub, box = _crop(image, comp == target, margin=int(np.ceil(radius / h.min())) + 4)
+    sub, box = crop(image, comp == target, margin=int(np.ceil(radius / h.min())) + 4)
     axis = _unit(body_axis if body_axis is not None else (0.0, 0.0, 1.0))
     k_ax = int(np.argmax(np.abs(image.direction.T @ axis)))
     vert = _fill(_close(sub.data, radius, h), k_ax)
@@ -174,16 +187,6 @@ def segment_vertebra(image: Volume, seed_lps=None, threshold: float | None = Non
     vert = full
     return image.with_data(vert.astype(np.uint8), units="label", kind="mask", threshold=float(threshold),
                            volume_ml=float(vert.sum()) * image.voxel_volume_mm3 / 1000.0, split=split)
-
-
-def _crop(image: Volume, mask: np.ndarray, margin: int):
-    """Sub-volume (bool data) around ``mask`` with ``margin`` voxels, and its index slices."""
-    idx = np.argwhere(mask)
-    lo = np.maximum(idx.min(axis=0) - margin, 0)
-    hi = np.minimum(idx.max(axis=0) + margin + 1, image.shape)
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-    sub = Volume(mask[box], image.spacing, image.index_to_world(lo), image.direction, dict(image.meta))
-    return sub, box
 
 
 def _fill(mask: np.ndarray, k_ax: int) -> np.ndarray:
@@ -419,7 +422,7 @@ def vertebra_frame(mask: Volume, body_axis=None) -> dict:
     """
     if not np.any(mask.data):
         raise SegmentationError("empty vertebra mask")
-    return _body_and_frame(_crop(mask, mask.data > 0, margin=3)[0], body_axis)[1]
+    return _body_and_frame(crop(mask, mask.data > 0, margin=3)[0], body_axis)[1]
 
 
 def subregions(mask: Volume, body_axis=None, shell_mm: float = 1.0) -> Volume:
@@ -440,24 +443,25 @@ def subregions(mask: Volume, body_axis=None, shell_mm: float = 1.0) -> Volume:
     if not np.any(mask.data):
         raise SegmentationError("empty vertebra mask")
     full_mask = mask
-    mask, box = _crop(mask, mask.data > 0, margin=3)
+    mask, box = crop(mask, mask.data > 0, margin=3)
     body, frame = _body_and_frame(mask, body_axis)
     m = mask.data > 0
     h = mask.spacing
     out = np.zeros(m.shape, np.uint8)
     edt = ndi.distance_transform_edt(np.pad(m, 1), sampling=h)[1:-1, 1:-1, 1:-1]
     shell_lim = max(shell_mm + 0.5 * float(h.min()), 1.01 * float(h.min()))
-    out[body] = 1
-    out[body & (edt <= shell_lim)] = 2
+    out[body] = TRABECULAR_BODY
+    out[body & (edt <= shell_lim)] = CORTICAL_SHELL
     post = m & ~body
-    out[post] = 5
+    out[post] = OTHER_POSTERIOR
     lengths = {}
     if post.any():
         dist = ndi.distance_transform_edt(~body, sampling=h)
         idx = np.argwhere(post)
         side_coord = (mask.index_to_world(idx) - frame["body_center"]) @ frame["ml_axis"]
         d = dist[tuple(idx.T)]
-        for code, name, sel in ((3, "left", side_coord > 0), (4, "right", side_coord < 0)):
+        for name, sel in (("left", side_coord > 0), ("right", side_coord < 0)):
+            code = PEDICLE_CODES[name]
             length = _pedicle_length(d[sel], mask.voxel_volume_mm3, float(h.max()))
             lengths[name] = length
             if length > 0:

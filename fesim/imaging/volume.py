@@ -96,6 +96,22 @@ class Volume:
         from scipy.ndimage import map_coordinates
 
         xyz = np.asarray(xyz, dtype=float)
-        ijk = self.world_to_index(xyz.reshape(-1, 3))
-        vals = map_coordinates(self.data, ijk.T, order=order, mode="constant", cval=cval)
+        m_inv = np.linalg.inv(self.direction * self.spacing[None, :])
+        # indices as (3, N), the layout map_coordinates reads fastest
+        ijk = np.einsum("ij,nj->in", m_inv, np.ascontiguousarray(xyz.reshape(-1, 3)) - self.origin)
+        vals = map_coordinates(self.data, ijk, order=order, mode="constant", cval=cval)
         return vals.reshape(xyz.shape[:-1])
+
+
+def crop(image: Volume, mask: np.ndarray, margin: int) -> tuple[Volume, tuple]:
+    """Sub-volume of ``image``'s grid around boolean array ``mask`` plus ``margin`` voxels.
+
+    Returns the sub-volume (holding ``mask`` cropped, with the right origin) and the index
+    slices of the box in ``image``.
+    """
+    idx = np.argwhere(mask)
+    lo = np.maximum(idx.min(axis=0) - margin, 0)
+    hi = np.minimum(idx.max(axis=0) + margin + 1, image.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    sub = Volume(mask[box], image.spacing, image.index_to_world(lo), image.direction, dict(image.meta))
+    return sub, box

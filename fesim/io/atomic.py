@@ -29,12 +29,25 @@ def atomic_write_text(path, text: str) -> None:
 
 
 def json_default(o):
-    """JSON encoder fallback for numpy scalars and arrays and paths."""
+    """JSON encoder fallback (``json.dump(..., default=json_default)``) for numpy scalars and
+    arrays and paths."""
     if hasattr(o, "tolist"):
         return o.tolist()
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def jsonable(obj):
+    """``obj`` with numpy scalars and arrays, tuples and paths turned into plain JSON types
+    (dict keys as strings); other values unchanged."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "tolist") or isinstance(obj, Path):
+        return json_default(obj)
+    return obj
 
 
 def atomic_write_json(path, obj) -> None:

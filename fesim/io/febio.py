@@ -14,7 +14,7 @@ import numpy as np
 
 from fesim.errors import InputError
 from fesim.io.atomic import atomic_write_text
-from fesim.mesh.materials import bin_materials
+from fesim.io.binning import bin_materials
 from fesim.mesh.tetmesh import TetMesh
 
 _TYPE = {4: "tet4", 10: "tet10", 8: "hex8"}

@@ -13,7 +13,7 @@ volume, so the integral of ``g`` over all space is exactly the voxel mineral
 and the element BMD is its mineral divided by its volume. An element whose quadrature points
 all lie inside the mask and that has no boundary face gets exactly the classical Bonemat
 value, the element mean of the interpolated BMD (exact for uniform and linear fields).
-Sources: Taddei et al. 2007 Med Eng Phys 29:973 (Bonemat), domain.md section 2.
+Source: Taddei et al. 2007 (Bonemat), see docs/references.md.
 """
 
 from __future__ import annotations
@@ -24,9 +24,7 @@ from scipy.spatial import cKDTree
 
 from fesim.errors import MeshError
 from fesim.imaging.volume import Volume
-from fesim.mesh.tetmesh import TetMesh
-
-_FACES = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])
+from fesim.mesh.tetmesh import TetMesh, boundary_faces
 
 
 def _reference_rule(level: int) -> tuple[np.ndarray, np.ndarray]:
@@ -63,19 +61,6 @@ def _crop(vol: Volume, points: np.ndarray, margin_mm: float) -> tuple[tuple, np.
     if np.any(hi <= lo):
         raise MeshError("the mesh does not overlap the BMD image")
     return tuple(slice(a, b) for a, b in zip(lo, hi)), lo
-
-
-def _boundary_faces(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Faces (F, 3) used by exactly one element, and that element's index."""
-    f = np.sort(cells[:, _FACES], axis=2).reshape(-1, 3).astype(np.int64)
-    n = np.int64(f.max() + 1)
-    key = (f[:, 0] * n + f[:, 1]) * n + f[:, 2] if n < 2**21 else None
-    if key is None:
-        _, inv, cnt = np.unique(f, axis=0, return_inverse=True, return_counts=True)
-    else:
-        _, inv, cnt = np.unique(key, return_inverse=True, return_counts=True)
-    once = cnt[inv.ravel()] == 1
-    return f[once], np.repeat(np.arange(len(cells)), 4)[once]
 
 
 def _outside_mesh(mesh: TetMesh, x: np.ndarray, ks=(2, 8, 32)) -> np.ndarray:
@@ -175,7 +160,7 @@ def map_bmd(mesh: TetMesh, bmd: Volume, bone_mask: Volume, n_quad: int = 32,
     sel = mesh.is_bone() if bone_only else np.ones(mesh.n_elements, bool)
     ids = np.flatnonzero(sel)
     if reach_mm is None:
-        f, own = _boundary_faces(mesh.cells[:, :4])
+        f, own = boundary_faces(mesh.cells[:, :4])
         f = f[sel[own]]
         edges = mesh.points[f] - mesh.points[np.roll(f, 1, axis=1)]
         longest = float(np.linalg.norm(edges, axis=2).max()) if len(f) else 0.0
@@ -250,7 +235,10 @@ def _outside_mineral(mesh, g, w_mask, bmd, lo, sel, ids, reach_mm, info,
     sup = binary_dilation(w_mask > 0, structure=np.ones((3, 3, 3), bool))
     depth = distance_transform_edt(sup, sampling=bmd.spacing)
     cells = np.argwhere(sup & (depth <= reach_mm + float(bmd.spacing.max()))).astype(float)
-    f, own = _boundary_faces(mesh.cells[:, :4])
+    # corners in ascending id order: centroids and normals (up to sign) then do not depend on
+    # the faces' orientation, bit for bit
+    f, own = boundary_faces(mesh.cells[:, :4])
+    f = np.sort(f, axis=1)
     fc = mesh.points[f].mean(axis=1)
     face_r = float(np.linalg.norm(mesh.points[f] - fc[:, None], axis=2).max()) if len(f) else 0.0
     tree = cKDTree(fc) if len(f) else None

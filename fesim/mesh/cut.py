@@ -136,32 +136,16 @@ def _move_if_valid(points, cells, nodes, targets, floor: float = MOVE_QUALITY_FL
     return new
 
 
-def cut_mesh(points: np.ndarray, cells: np.ndarray, fn, f: np.ndarray | None = None):
-    """Split the elements of a tetrahedral mesh crossed by the zero set of ``fn``.
+def _settle_near_crossings(points, cells, e, s, f, fn):
+    """Put nodes next to a crossing on the interface (``s`` set to 0 in place).
 
-    Parameters
-    ----------
-    points : (N, 3) float64, mm
-    cells : (M, 4) int, positively oriented
-    fn : callable, (P, 3) mm -> (P,) signed level set (mm; negative inside)
-    f : (N,) optional level-set values at the nodes (computed if not given)
-
-    Returns
-    -------
-    points : (N + C, 3) with the C new interface nodes appended
-    cells : (M', 4) int64, positively oriented; uncut elements first, in their order
-    parent : (M',) index of the original element of each new element
+    A node whose crossing on some cut edge lies within END_FRACTION of it is put on the
+    interface instead of cutting there (no sliver children): moved onto the nearest such
+    crossing where that keeps its elements valid, else left in place with its sign set to
+    0 (a geometric error of at most END_FRACTION of that edge). Repeated because changing
+    a sign changes which edges are cut. Returns the (moved) points, the keys of the edges
+    cut in the last pass, their end nodes ``a``, ``b`` and crossing parameters ``t``.
     """
-    points = np.asarray(points, dtype=float)
-    cells = np.asarray(cells, dtype=np.int64)
-    f = fn(points) if f is None else np.asarray(f, dtype=float)
-    s = np.sign(f).astype(np.int8)
-    e = cells[:, _EDGES].reshape(-1, 2)
-    # A node whose crossing on some cut edge lies within END_FRACTION of it is put on the
-    # interface instead of cutting there (no sliver children): moved onto the nearest such
-    # crossing where that keeps its elements valid, else left in place with its sign set to
-    # 0 (a geometric error of at most END_FRACTION of that edge). Repeated because changing
-    # a sign changes which edges are cut.
     target = np.full((len(points), 3), np.nan)
     t_best = np.full(len(points), np.inf)
     for _ in range(10):
@@ -184,19 +168,15 @@ def cut_mesh(points: np.ndarray, cells: np.ndarray, fn, f: np.ndarray | None = N
     moved = np.flatnonzero((s == 0) & np.isfinite(t_best))
     if len(moved):
         points = _move_if_valid(points, cells, moved, target[moved])
-    cut = s[e[:, 0]] * s[e[:, 1]] < 0
-    keys_now, inv = np.unique(edge_key(e[cut, 0], e[cut, 1]), return_inverse=True)
-    if not np.array_equal(keys_now, keys):  # the loop stopped on its iteration limit
-        keys = keys_now
-        a, b = keys >> np.int64(32), keys & np.int64(0xFFFFFFFF)
-        t = _crossings(points[a], points[b], f[a], f[b], fn) if len(keys) else np.zeros(0)
-    new_pts = points[a] + t[:, None] * (points[b] - points[a])
-    n0 = len(points)
-    cut_node = np.full(len(e), -1, dtype=np.int64)
-    cut_node[np.flatnonzero(cut)] = n0 + inv.ravel()
-    cut_node = cut_node.reshape(-1, 6)
+    return points, keys, a, b, t
 
-    sc = s[cells]
+
+def _split_crossed(cells, sc, cut_node):
+    """Children of the elements whose node signs ``sc`` (M, 4) differ, uncut elements first.
+
+    ``cut_node`` (M, 6) holds the new node on each cut edge (-1 if none). Returns the lists of
+    child cells and of their parents' indices.
+    """
     n_pos, n_neg = (sc > 0).sum(1), (sc < 0).sum(1)
     crossed = (n_pos > 0) & (n_neg > 0)
     keep_ids = np.flatnonzero(~crossed)
@@ -262,6 +242,42 @@ def cut_mesh(points: np.ndarray, cells: np.ndarray, fn, f: np.ndarray | None = N
         a0, a1, b0, b1 = Cs[r, A[:, 0]], Cs[r, A[:, 1]], Cs[r, B[:, 0]], Cs[r, B[:, 1]]
         add(_prisms(np.column_stack([a0, c00, c01]), np.column_stack([a1, c10, c11])), sel)
         add(_prisms(np.column_stack([b0, c00, c10]), np.column_stack([b1, c01, c11])), sel)
+    return out_cells, out_parent
+
+
+def cut_mesh(points: np.ndarray, cells: np.ndarray, fn, f: np.ndarray | None = None):
+    """Split the elements of a tetrahedral mesh crossed by the zero set of ``fn``.
+
+    Parameters
+    ----------
+    points : (N, 3) float64, mm
+    cells : (M, 4) int, positively oriented
+    fn : callable, (P, 3) mm -> (P,) signed level set (mm; negative inside)
+    f : (N,) optional level-set values at the nodes (computed if not given)
+
+    Returns
+    -------
+    points : (N + C, 3) with the C new interface nodes appended
+    cells : (M', 4) int64, positively oriented; uncut elements first, in their order
+    parent : (M',) index of the original element of each new element
+    """
+    points = np.asarray(points, dtype=float)
+    cells = np.asarray(cells, dtype=np.int64)
+    f = fn(points) if f is None else np.asarray(f, dtype=float)
+    s = np.sign(f).astype(np.int8)
+    e = cells[:, _EDGES].reshape(-1, 2)
+    points, keys, a, b, t = _settle_near_crossings(points, cells, e, s, f, fn)
+    cut = s[e[:, 0]] * s[e[:, 1]] < 0
+    keys_now, inv = np.unique(edge_key(e[cut, 0], e[cut, 1]), return_inverse=True)
+    if not np.array_equal(keys_now, keys):  # the loop stopped on its iteration limit
+        keys = keys_now
+        a, b = keys >> np.int64(32), keys & np.int64(0xFFFFFFFF)
+        t = _crossings(points[a], points[b], f[a], f[b], fn) if len(keys) else np.zeros(0)
+    new_pts = points[a] + t[:, None] * (points[b] - points[a])
+    n0 = len(points)
+    cut_node = np.full(len(e), -1, dtype=np.int64)
+    cut_node[np.flatnonzero(cut)] = n0 + inv.ravel()
+    out_cells, out_parent = _split_crossed(cells, s[cells], cut_node.reshape(-1, 6))
     all_pts = np.vstack([points, new_pts])
     new_cells = _orient(all_pts, np.concatenate(out_cells).astype(np.int64))
     return all_pts, new_cells, np.concatenate(out_parent)

@@ -29,13 +29,14 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from fesim.cells import TET10_EDGES
 from fesim.errors import MeshError
 from fesim.imaging.screwplan import ScrewPlan
 from fesim.imaging.volume import Volume
 from fesim.mesh.cut import cut_mesh
 from fesim.mesh.levelset import BoneLevelSet, bone_level_set, screw_closest_point
 from fesim.mesh.quality import radius_ratio
-from fesim.mesh.refine import _EDGES, cell_volumes, edge_key, kuhn_lattice, positive_cells, refine
+from fesim.mesh.refine import cell_volumes, edge_key, kuhn_lattice, positive_cells, refine
 from fesim.mesh.tetmesh import to_quadratic  # noqa: F401  (re-exported)
 from fesim.mesh.tetmesh import REGION_BONE, REGION_SCREW0, TetMesh
 
@@ -97,7 +98,7 @@ def _snap(points, cells, bone, screws, alpha, quality_floor, rounds: int = 3):
     again. Later rounds offer the other end of the edges still cut, so an interface face
     blocked by one bad snap can still land on the surface.
     """
-    keys = np.unique(edge_key(cells[:, _EDGES[:, 0]], cells[:, _EDGES[:, 1]]).ravel())
+    keys = np.unique(edge_key(cells[:, TET10_EDGES[:, 0]], cells[:, TET10_EDGES[:, 1]]).ravel())
     edges = np.stack([keys >> np.int64(32), keys & np.int64(0xFFFFFFFF)], axis=1)
     length = np.linalg.norm(points[edges[:, 0]] - points[edges[:, 1]], axis=1)
     new = points.copy()
@@ -160,6 +161,77 @@ def _largest_component(cells: np.ndarray, vol: np.ndarray) -> np.ndarray:
     return comp == np.argmax(np.bincount(comp, weights=vol, minlength=n))
 
 
+def _check_request(mask, size_mm, screw_size_mm, order, allow_truncated) -> bool:
+    """Refuse what :func:`mesh_vertebra` cannot mesh; returns whether the mask is truncated."""
+    if not isinstance(mask, Volume):
+        raise MeshError("mask must be a Volume")
+    if not (size_mm > 0 and screw_size_mm > 0):
+        raise MeshError(f"element sizes must be positive, got {size_mm} and {screw_size_mm} mm")
+    if order not in (1, 2):
+        raise MeshError(f"element order must be 1 or 2, got {order}")
+    truncated = bool(mask.meta.get("truncated", False))
+    if truncated and not allow_truncated:
+        faces = ", ".join(mask.meta.get("truncated_faces") or []) or "image border"
+        raise MeshError(f"the vertebra is cut by the image border ({faces}); a truncated "
+                        "vertebra gives a wrong model (pass allow_truncated=True to mesh it anyway)")
+    return truncated
+
+
+def _lattice(bone: BoneLevelSet, screws, h: float):
+    """Kuhn lattice of cube edge ``h`` (mm) over the bone and the screws, cubes near them only."""
+    g = bone.grid
+    inside = np.argwhere(g.data < 0)
+    if len(inside) == 0:
+        raise MeshError("the smoothed bone level set is empty; the mask is too thin")
+    corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], float)
+    box = g.index_to_world(inside.min(0) + corners * (inside.max(0) - inside.min(0)))
+    pts = [box] + [np.vstack([s.entry, s.tip]) for s in screws]
+    pts = np.vstack(pts)
+    rpad = max([s.radius_mm for s in screws], default=0.0) + h
+    lo, hi = pts.min(0) - rpad, pts.max(0) + rpad
+    shape = np.ceil((hi - lo) / h).astype(int)
+    ci = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).reshape(-1, 3)
+    centres = lo + h * (ci + 0.5)
+    near = bone(centres) < h
+    for s in screws:
+        near |= s.signed_distance(centres) < h
+    return kuhn_lattice(lo, h, tuple(shape), near.reshape(tuple(shape)))
+
+
+def _grade_to_screws(lat, screws, h: float, screw_size_mm: float, grading: float) -> int:
+    """Bisect ``lat`` in place towards the screw surfaces; returns the refinement levels."""
+    n_levels = 0
+    while screws and n_levels < 30:
+        vol = np.abs(cell_volumes(lat.points, lat.cells))
+        size = np.cbrt(6.0 * vol)
+        cen = lat.points[lat.cells].mean(axis=1)
+        d = np.min([np.abs(s.signed_distance(cen)) for s in screws], axis=0)
+        target = np.minimum(h, screw_size_mm + grading * np.maximum(d - size, 0.0))
+        marked = size > 1.01 * target
+        if not marked.any():
+            break
+        refine(lat, marked)
+        n_levels += 1
+    return n_levels
+
+
+def _kept_mesh(points, cells, lab, screws) -> tuple[TetMesh, int]:
+    """The labelled elements' largest connected part as a positively oriented mesh, and the
+    number of fragment elements dropped; every screw must be part of it."""
+    kept = lab > 0
+    cells, lab = cells[kept], lab[kept]
+    vol = np.abs(cell_volumes(points, cells))
+    comp = _largest_component(cells, vol)
+    n_fragment = int((~comp).sum())
+    cells, lab = cells[comp], lab[comp]
+    for s in range(len(screws)):
+        if not (lab == REGION_SCREW0 + s).any():
+            raise MeshError(f"screw {s} ({screws[s].side}) is not connected to the bone mesh")
+    used, cells = np.unique(cells, return_inverse=True)
+    cells = positive_cells(points[used], cells.reshape(-1, 4))
+    return TetMesh(points[used], cells, lab), n_fragment
+
+
 def mesh_vertebra(mask: Volume, screws: list[ScrewPlan] | None = None, size_mm: float = 2.0,
                   screw_size_mm: float = 0.7, order: int = 1, smooth: bool = True,
                   grading: float = 0.4, alpha: float = 0.4,
@@ -210,54 +282,13 @@ def mesh_vertebra(mask: Volume, screws: list[ScrewPlan] | None = None, size_mm: 
     """
     t0 = time.perf_counter()
     screws = list(screws or [])
-    if not isinstance(mask, Volume):
-        raise MeshError("mask must be a Volume")
-    if not (size_mm > 0 and screw_size_mm > 0):
-        raise MeshError(f"element sizes must be positive, got {size_mm} and {screw_size_mm} mm")
-    if order not in (1, 2):
-        raise MeshError(f"element order must be 1 or 2, got {order}")
-    truncated = bool(mask.meta.get("truncated", False))
-    if truncated and not allow_truncated:
-        faces = ", ".join(mask.meta.get("truncated_faces") or []) or "image border"
-        raise MeshError(f"the vertebra is cut by the image border ({faces}); a truncated "
-                        "vertebra gives a wrong model (pass allow_truncated=True to mesh it anyway)")
+    truncated = _check_request(mask, size_mm, screw_size_mm, order, allow_truncated)
     sigma = 0.0 if not smooth else smooth_sigma_mm
     bone = bone_level_set(mask, sigma, pad_mm=2 * size_mm + 2)
     t_levelset = time.perf_counter() - t0
     h = float(size_mm)
-
-    # Bounding box of the bone (grid cells with phi < 0) and the screws.
-    g = bone.grid
-    inside = np.argwhere(g.data < 0)
-    if len(inside) == 0:
-        raise MeshError("the smoothed bone level set is empty; the mask is too thin")
-    corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], float)
-    box = g.index_to_world(inside.min(0) + corners * (inside.max(0) - inside.min(0)))
-    pts = [box] + [np.vstack([s.entry, s.tip]) for s in screws]
-    pts = np.vstack(pts)
-    rpad = max([s.radius_mm for s in screws], default=0.0) + h
-    lo, hi = pts.min(0) - rpad, pts.max(0) + rpad
-    shape = np.ceil((hi - lo) / h).astype(int)
-    ci = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).reshape(-1, 3)
-    centres = lo + h * (ci + 0.5)
-    near = bone(centres) < h
-    for s in screws:
-        near |= s.signed_distance(centres) < h
-    lat = kuhn_lattice(lo, h, tuple(shape), near.reshape(tuple(shape)))
-
-    # Graded refinement towards the screw surfaces.
-    n_levels = 0
-    while screws and n_levels < 30:
-        vol = np.abs(cell_volumes(lat.points, lat.cells))
-        size = np.cbrt(6.0 * vol)
-        cen = lat.points[lat.cells].mean(axis=1)
-        d = np.min([np.abs(s.signed_distance(cen)) for s in screws], axis=0)
-        target = np.minimum(h, screw_size_mm + grading * np.maximum(d - size, 0.0))
-        marked = size > 1.01 * target
-        if not marked.any():
-            break
-        refine(lat, marked)
-        n_levels += 1
+    lat = _lattice(bone, screws, h)
+    n_levels = _grade_to_screws(lat, screws, h, screw_size_mm, grading)
     t_lattice = time.perf_counter() - t0 - t_levelset
 
     points, cells = lat.points, lat.cells
@@ -273,19 +304,8 @@ def mesh_vertebra(mask: Volume, screws: list[ScrewPlan] | None = None, size_mm: 
         lab = _label(new, cells, bone, screws)
     t_cut = time.perf_counter() - t1 if cut else 0.0
     t1 = time.perf_counter()
-    kept = lab > 0
-    cells, lab = cells[kept], lab[kept]
-    vol = np.abs(cell_volumes(new, cells))
-    comp = _largest_component(cells, vol)
-    n_fragment = int((~comp).sum())
-    cells, lab = cells[comp], lab[comp]
-    for s in range(len(screws)):
-        if not (lab == REGION_SCREW0 + s).any():
-            raise MeshError(f"screw {s} ({screws[s].side}) is not connected to the bone mesh")
-    used, cells = np.unique(cells, return_inverse=True)
-    cells = positive_cells(new[used], cells.reshape(-1, 4))
-    mesh = TetMesh(new[used], cells, lab)
-    vols = mesh.corner_volumes()
+    mesh, n_fragment = _kept_mesh(new, cells, lab, screws)
+    vols, lab = mesh.corner_volumes(), mesh.region
     mesh.info = {
         "size_mm": h, "screw_size_mm": float(screw_size_mm), "truncated": truncated,
         "n_refinement_levels": n_levels,

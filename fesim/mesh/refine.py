@@ -14,7 +14,8 @@ from itertools import permutations
 
 import numpy as np
 
-_EDGES = np.array([(0, 1), (1, 2), (0, 2), (0, 3), (1, 3), (2, 3)])
+from fesim.cells import TET10_EDGES
+
 _SHIFT = np.int64(32)
 
 
@@ -124,7 +125,7 @@ def _hanging(lat: Lattice, touched: np.ndarray) -> np.ndarray:
     if len(cand) == 0 or len(lat.split_keys) == 0:
         return out
     c = lat.cells[cand]
-    keys = edge_key(c[:, _EDGES[:, 0]], c[:, _EDGES[:, 1]])
+    keys = edge_key(c[:, TET10_EDGES[:, 0]], c[:, TET10_EDGES[:, 1]])
     pos = np.minimum(np.searchsorted(lat.split_keys, keys), len(lat.split_keys) - 1)
     out[cand] = (lat.split_keys[pos] == keys).any(axis=1)
     return out

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fesim.cells import CELL_TYPES, HEX_CORNERS, HEX_QUADS, TET10_EDGES, TET_FACES
 from fesim.errors import MeshError
 
 #: Region codes stored per element in ``TetMesh.region``.
@@ -18,13 +19,6 @@ REGION_CAP_LOWER = 20
 REGION_CAP_UPPER = 21
 
 
-#: Nodes per cell of each cell type.
-CELL_TYPES = {4: "tet4", 10: "tet10", 8: "hex8"}
-
-# VTK_HEXAHEDRON corners in reference coordinates (xi, eta, zeta) in [-1, 1]^3: bottom face
-# 0-3 counter-clockwise seen from above, top face 4-7 above them.
-HEX_CORNERS = np.array([[-1, -1, -1], [1, -1, -1], [1, 1, -1], [-1, 1, -1],
-                        [-1, -1, 1], [1, -1, 1], [1, 1, 1], [-1, 1, 1]], dtype=float)
 
 
 def hex_volumes(points: np.ndarray, cells: np.ndarray) -> np.ndarray:
@@ -143,17 +137,22 @@ _KUHN = np.array([[0, 1, 3, 7], [0, 3, 2, 7], [0, 2, 6, 7],
                   [0, 6, 4, 7], [0, 4, 5, 7], [0, 5, 1, 7]])
 
 
-def box_mesh(n, size, origin=(0.0, 0.0, 0.0), region: int = REGION_BONE) -> TetMesh:
-    """Structured tet4 mesh of a box: ``n = (nx, ny, nz)`` cubes, ``size`` in mm, 6 tets per cube."""
+def box_grid(n, size, origin=(0.0, 0.0, 0.0), corners=_CUBE) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes of a structured grid of ``n = (nx, ny, nz)`` cubes over a box of ``size`` mm, and
+    the node ids (C, 8) of every cube's corners at the unit offsets ``corners`` (8, 3)."""
     n = np.asarray(n, dtype=int)
     size = np.asarray(size, dtype=float)
     axes = [np.linspace(0, s, k + 1) for s, k in zip(size, n)]
     X, Y, Z = np.meshgrid(*axes, indexing="ij")
     points = np.column_stack([X.ravel(), Y.ravel(), Z.ravel()]) + np.asarray(origin, dtype=float)
-    ii, jj, kk = np.meshgrid(*[np.arange(k) for k in n], indexing="ij")
-    base = np.stack([ii.ravel(), jj.ravel(), kk.ravel()], axis=1)
-    corners = base[:, None, :] + _CUBE[None]  # (C, 8, 3)
-    ids = (corners[..., 0] * (n[1] + 1) + corners[..., 1]) * (n[2] + 1) + corners[..., 2]
+    base = np.stack(np.meshgrid(*[np.arange(k) for k in n], indexing="ij"), -1).reshape(-1, 3)
+    c = base[:, None, :] + np.asarray(corners)[None]  # (C, 8, 3)
+    return points, (c[..., 0] * (n[1] + 1) + c[..., 1]) * (n[2] + 1) + c[..., 2]
+
+
+def box_mesh(n, size, origin=(0.0, 0.0, 0.0), region: int = REGION_BONE) -> TetMesh:
+    """Structured tet4 mesh of a box: ``n = (nx, ny, nz)`` cubes, ``size`` in mm, 6 tets per cube."""
+    points, ids = box_grid(n, size, origin)
     cells = ids[:, _KUHN].reshape(-1, 4)
     mesh = TetMesh(points, cells, np.full(len(cells), region))
     vol = mesh.corner_volumes()
@@ -166,7 +165,57 @@ def box_mesh(n, size, origin=(0.0, 0.0, 0.0), region: int = REGION_BONE) -> TetM
 Mesh = TetMesh
 
 
-TET10_EDGES = np.array([[0, 1], [1, 2], [2, 0], [0, 3], [1, 3], [2, 3]])
+def boundary_faces(cells: np.ndarray, with_extra: bool = False):
+    """Boundary triangles of a mesh: corner node ids (F, 3), outward, and owning element (F,).
+
+    A face is on the boundary when exactly one element has it. Hex8: each boundary quad
+    (:data:`~fesim.cells.HEX_QUADS`) gives two outward triangles (a, b, c), (a, c, d).
+    ``with_extra=True`` also returns the other nodes on each face, (F, k) int64, that a
+    support on the face must hold too: the three mid-edge nodes of a tet10 face (on the
+    edges (a, b), (b, c), (c, a)), the fourth corner of a hex8 quad (k = 0 for tet4).
+    Faces come in element order.
+    """
+    cells = np.asarray(cells)
+    hexa = cells.shape[1] == 8
+    local = HEX_QUADS if hexa else TET_FACES
+    faces = cells[:, :8 if hexa else 4].astype(np.int64)[:, local].reshape(-1, local.shape[1])
+    once = _once(np.sort(faces, axis=1))
+    owner = np.repeat(np.arange(len(cells)), len(local))[once]
+    faces = faces[once]
+    if hexa:
+        tri = np.concatenate([faces[:, [0, 1, 2]], faces[:, [0, 2, 3]]])
+        owner = np.concatenate([owner, owner])
+        if with_extra:
+            return tri, owner, np.concatenate([faces[:, [3]], faces[:, [1]]])
+        return tri, owner
+    if not with_extra:
+        return faces, owner
+    if cells.shape[1] == 4:
+        return faces, owner, np.zeros((len(faces), 0), np.int64)
+    return faces, owner, _mid_edge_nodes(cells, faces, owner)
+
+
+def _once(keys: np.ndarray) -> np.ndarray:
+    """Rows of sorted ``keys`` (F, k) that occur exactly once."""
+    n = np.int64(keys.max() + 1) if keys.size else np.int64(1)
+    if keys.shape[1] == 3 and n < 2**21:  # one int64 per face: much faster than unique rows
+        keys = (keys[:, 0] * n + keys[:, 1]) * n + keys[:, 2]
+        _, inv, cnt = np.unique(keys, return_inverse=True, return_counts=True)
+    else:
+        _, inv, cnt = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    return cnt[inv.ravel()] == 1
+
+
+def _mid_edge_nodes(cells: np.ndarray, faces: np.ndarray, owner: np.ndarray) -> np.ndarray:
+    """Mid-edge nodes (F, 3) of tet10 faces given by their corners, from their owning elements."""
+    cells = cells[owner].astype(np.int64)
+    corners = cells[:, TET10_EDGES]  # (F, 6, 2) global corner ids of each element edge
+    out = np.empty((len(faces), 3), np.int64)
+    for k, (i, j) in enumerate(((0, 1), (1, 2), (2, 0))):
+        a, b = faces[:, i:i + 1], faces[:, j:j + 1]
+        hit = ((corners[:, :, 0] == a) & (corners[:, :, 1] == b)) | ((corners[:, :, 0] == b) & (corners[:, :, 1] == a))
+        out[:, k] = cells[np.arange(len(faces)), 4 + np.argmax(hit, axis=1)]
+    return out
 
 
 def to_quadratic(mesh: TetMesh) -> TetMesh:

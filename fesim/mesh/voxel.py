@@ -32,15 +32,14 @@ from scipy.ndimage import label, map_coordinates
 from fesim.errors import MeshError
 from fesim.imaging.screwplan import ScrewPlan
 from fesim.imaging.volume import Volume
-from fesim.mesh.tetmesh import (REGION_BONE, REGION_CAP_LOWER, REGION_CAP_UPPER, REGION_SCREW0,
-                                TetMesh)
+from fesim.mesh.tetmesh import (HEX_CORNERS, REGION_BONE, REGION_CAP_LOWER, REGION_CAP_UPPER,
+                                REGION_SCREW0, TetMesh, box_grid)
 
 #: Voxel edge (mm) used when the image is anisotropic or coarser: the spineFE benchmark's.
 DEFAULT_VOXEL_MM = 1.0
 
 # Corner offsets (di, dj, dk) of a voxel in VTK_HEXAHEDRON order.
-_CORNERS = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0],
-                     [0, 0, 1], [1, 0, 1], [1, 1, 1], [0, 1, 1]])
+_CORNERS = ((HEX_CORNERS + 1) // 2).astype(np.int64)
 # The same hexahedron mirrored in i: positive orientation on a left-handed image grid.
 _MIRROR_I = np.array([1, 0, 3, 2, 5, 4, 7, 6])
 
@@ -237,12 +236,5 @@ def voxel_bmd(mesh: TetMesh, bmd: Volume, bone_mask: Volume, bone_only: bool = T
 
 def hex_box(n, size, origin=(0.0, 0.0, 0.0), region: int = REGION_BONE) -> TetMesh:
     """Structured hex8 mesh of a box: ``n = (nx, ny, nz)`` voxels, ``size`` in mm."""
-    n = np.asarray(n, dtype=int)
-    size = np.asarray(size, dtype=float)
-    axes = [np.linspace(0, s, k + 1) for s, k in zip(size, n)]
-    X, Y, Z = np.meshgrid(*axes, indexing="ij")
-    points = np.column_stack([X.ravel(), Y.ravel(), Z.ravel()]) + np.asarray(origin, dtype=float)
-    base = np.stack(np.meshgrid(*[np.arange(k) for k in n], indexing="ij"), -1).reshape(-1, 3)
-    c = base[:, None, :] + _CORNERS[None]
-    cells = (c[..., 0] * (n[1] + 1) + c[..., 1]) * (n[2] + 1) + c[..., 2]
+    points, cells = box_grid(n, size, origin, corners=_CORNERS)
     return TetMesh(points, cells, np.full(len(cells), region))
