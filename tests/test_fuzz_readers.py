@@ -24,7 +24,8 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, event, given, settings, strategies as st  # noqa: E402
 
 from fesim.errors import FesimError  # noqa: E402
-from fesim.imaging.dicom import read_dicom_series, write_dicom_series  # noqa: E402
+from fesim.imaging.dicom import read_dicom_series  # noqa: E402
+from fesim.imaging.dicom_write import write_dicom_series  # noqa: E402
 from fesim.imaging.nifti import read_nifti  # noqa: E402
 from fesim.imaging.volume import Volume  # noqa: E402
 from fesim.study.cohort import load_manifest  # noqa: E402

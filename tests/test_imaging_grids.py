@@ -5,7 +5,8 @@ import pytest
 
 from fesim.cli import main
 from fesim.errors import NiftiError
-from fesim.imaging.dicom import list_series, read_dicom_series, write_dicom_series
+from fesim.imaging.dicom import list_series, read_dicom_series
+from fesim.imaging.dicom_write import write_dicom_series
 from fesim.imaging.nifti import (check_same_grid, labels_on_grid, read_nifti, reorder_to_grid,
                                  write_nifti)
 from fesim.imaging.phantom import PhantomSpec, dicom_grid, make_phantom, write_phantom

@@ -12,7 +12,8 @@ from scipy.spatial.transform import Rotation
 
 from fesim.imaging.bmd import areal_bmd, integral_vbmd, screw_vbmd, trabecular_vbmd
 from fesim.imaging.calibration import phantom_calibration
-from fesim.imaging.dicom import read_dicom_series, write_dicom_series
+from fesim.imaging.dicom import read_dicom_series
+from fesim.imaging.dicom_write import write_dicom_series
 from fesim.imaging.nifti import labels_on_grid, read_nifti, reorder_to_grid, write_nifti
 from fesim.imaging.phantom import PhantomSpec, make_phantom
 from fesim.imaging.screwplan import ScrewPlan

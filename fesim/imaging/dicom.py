@@ -1,11 +1,12 @@
-"""Read CT DICOM series into a :class:`~fesim.imaging.volume.Volume` and write test series.
+"""Read CT DICOM series into a :class:`~fesim.imaging.volume.Volume`.
 
 Reading groups files by SeriesInstanceUID (or a geometry key when that is empty), orders
 slices by their position along the slice normal (never by file name), applies the rescale
 per slice, takes the slice spacing from ImagePositionPatient and refuses series that
 cannot be a regular 3-D grid (gantry tilt, uneven or missing slices, duplicates, mixed
 sizes). Classic one-file-per-slice and enhanced multi-frame CT are supported. No patient
-identifier is copied into ``Volume.meta``.
+identifier is copied into ``Volume.meta``. Writing test series is
+:mod:`fesim.imaging.dicom_write`.
 """
 
 from __future__ import annotations
@@ -636,138 +637,6 @@ def _technical_meta(ds, series_key: str, n_slices: int) -> dict:
         "transfer_syntax": ts.name if ts else "",
         "units": "HU" if _is_ct(ds) else "",
     }
-
-
-def _uid(key: str, *parts) -> str:
-    from pydicom.uid import generate_uid
-
-    return generate_uid(entropy_srcs=[key, *map(str, parts)])
-
-
-def write_dicom_series(volume: Volume, out_dir, compressed: str | None = None,
-                       shuffle_names: bool = False, seed: int = 0, patient: dict | None = None,
-                       series_description: str = "", uid_key: str = "", enhanced: bool = False,
-                       intercept: float = -1024.0, slope: float = 1.0) -> list[Path]:
-    """Write an HU volume as a CT series, one slice per ``k`` (or one enhanced multi-frame file).
-
-    Parameters
-    ----------
-    volume : Volume
-        HU values; stored as int16 ``round((HU - intercept) / slope)``.
-    out_dir : path-like
-        Folder for the files (created).
-    compressed : {None, "rle", "jpeg2000"}
-        Lossless encoding by pydicom's RLE encoder or pylibjpeg-openjpeg.
-    shuffle_names : bool
-        Random file names without extension, unrelated to the slice order.
-    seed : int
-        Seeds the random names.
-    patient : dict, optional
-        Patient-module attributes (use fake values; tests check they never leak).
-    series_description : str
-    uid_key : str
-        Makes the UIDs deterministic: the same key gives the same UIDs.
-    enhanced : bool
-        Write one Enhanced CT Image Storage file with per-frame functional groups.
-    intercept, slope : float
-        RescaleIntercept and RescaleSlope (HU).
-
-    Returns
-    -------
-    list of Path
-        Written files in slice order.
-    """
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.sequence import Sequence
-    from pydicom.uid import (CTImageStorage, EnhancedCTImageStorage, ExplicitVRLittleEndian,
-                             JPEG2000Lossless, RLELossless)
-
-    codecs = {None: None, "rle": (RLELossless, "pydicom"), "jpeg2000": (JPEG2000Lossless, "pylibjpeg")}
-    if compressed not in codecs:
-        raise DicomError(f"unknown compression {compressed!r}; use None, 'rle' or 'jpeg2000'")
-    stored = np.round((volume.data - intercept) / slope)
-    if stored.min() < -32768 or stored.max() > 32767:
-        raise DicomError("HU values do not fit int16 with the given rescale slope/intercept")
-    stored = np.ascontiguousarray(np.transpose(stored.astype(np.int16), (2, 1, 0)))  # (k, rows, cols)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    d, sp = volume.direction, volume.spacing
-    iop = [float(v) for v in np.concatenate([d[:, 0], d[:, 1]])]
-    ipp = volume.origin + np.outer(np.arange(volume.shape[2]) * sp[2], d[:, 2])
-    normal = np.cross(d[:, 0], d[:, 1])
-
-    def base(sop_class, sop_uid):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = sop_class
-        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop_uid
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.Modality, ds.Manufacturer, ds.ManufacturerModelName = "CT", "fesim", "synthetic phantom"
-        ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20240115"
-        ds.StudyTime = ds.SeriesTime = ds.ContentTime = "101500"
-        ds.AccessionNumber, ds.ReferringPhysicianName, ds.StudyID = "", "", "1"
-        for k, v in (patient or {}).items():
-            setattr(ds, k, v)
-        ds.StudyInstanceUID = _uid(uid_key, "study")
-        ds.SeriesInstanceUID = _uid(uid_key, "series")
-        ds.FrameOfReferenceUID = _uid(uid_key, "frame")
-        ds.SeriesNumber, ds.SeriesDescription = 1, series_description
-        ds.KVP, ds.ConvolutionKernel, ds.PatientPosition = "120", "FESIM_B30", "HFS"
-        ds.SliceThickness = f"{sp[2]:.6g}"
-        ds.PositionReferenceIndicator = ""
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.Rows, ds.Columns = stored.shape[1], stored.shape[2]
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        return ds
-
-    def finish(ds, pixels, path):
-        ds.PixelData = pixels.tobytes()
-        if compressed:
-            uid, plugin = codecs[compressed]
-            ds.compress(uid, encoding_plugin=plugin)
-        ds.save_as(path, enforce_file_format=True)
-        return path
-
-    rng = np.random.default_rng(seed)
-    if enhanced:
-        sop = _uid(uid_key, "enhanced")
-        ds = base(EnhancedCTImageStorage, sop)
-        ds.NumberOfFrames = stored.shape[0]
-        shared = Dataset()
-        pm, po, pv = Dataset(), Dataset(), Dataset()
-        pm.PixelSpacing, pm.SliceThickness = [float(sp[1]), float(sp[0])], float(sp[2])
-        po.ImageOrientationPatient = iop
-        pv.RescaleIntercept, pv.RescaleSlope, pv.RescaleType = intercept, slope, "HU"
-        shared.PixelMeasuresSequence = Sequence([pm])
-        shared.PlaneOrientationSequence = Sequence([po])
-        shared.PixelValueTransformationSequence = Sequence([pv])
-        ds.SharedFunctionalGroupsSequence = Sequence([shared])
-        frames = []
-        for k in range(stored.shape[0]):
-            fg, pp = Dataset(), Dataset()
-            pp.ImagePositionPatient = [float(v) for v in ipp[k]]
-            fg.PlanePositionSequence = Sequence([pp])
-            frames.append(fg)
-        ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
-        name = rng.bytes(8).hex() if shuffle_names else "enhanced_ct.dcm"
-        return [finish(ds, stored, out / name)]
-
-    names = ([rng.bytes(8).hex() for _ in range(stored.shape[0])] if shuffle_names
-             else [f"slice_{k + 1:04d}.dcm" for k in range(stored.shape[0])])
-    paths = []
-    for k in range(stored.shape[0]):
-        ds = base(CTImageStorage, _uid(uid_key, "sop", k))
-        ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [f"{v:.6f}" for v in ipp[k]]
-        ds.ImageOrientationPatient = [f"{v:.8f}" for v in iop]
-        ds.SliceLocation = f"{ipp[k] @ normal:.6f}"
-        ds.PixelSpacing = [f"{sp[1]:.8g}", f"{sp[0]:.8g}"]
-        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = f"{intercept:g}", f"{slope:g}", "HU"
-        paths.append(finish(ds, stored[k], out / names[k]))
-    return paths
 
 
 #: Header fields copied by :func:`read_identifiers` (only on the user's explicit request).

@@ -427,7 +427,7 @@ def write_phantom(phantom: Phantom, out_dir, compressed: str | None = None,
     along the IOP normal); the world geometry is the same. ``labels.nii.gz`` is written on
     the grid the reader returns (:func:`dicom_grid`), so it lands on the same voxels.
     """
-    from fesim.imaging.dicom import write_dicom_series
+    from fesim.imaging.dicom_write import write_dicom_series
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
