@@ -78,6 +78,7 @@ def write_pvd(path, entries) -> Path:
             rel = f
         lines.append(f'    <DataSet timestep="{float(t):.9g}" group="" part="0" file={quoteattr(str(rel))}/>')
     lines += ["  </Collection>", "</VTKFile>", ""]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
+    from .atomic import atomic_write_text
+
+    atomic_write_text(path, "\n".join(lines))
     return path
