@@ -116,7 +116,9 @@ def load_study(manifest, options=None, baseline_month: int | None = None) -> Stu
     baseline_month : int, optional
         Overrides ``[study] baseline_month`` (default 0).
     """
-    from fesim.imaging.labels import normalize_level
+    from fesim.imaging.labels import CONVENTIONS, normalize_level
+
+    known_levels = {name for table in CONVENTIONS.values() for name in table.values()}
 
     manifest = Path(manifest)
     if isinstance(options, dict):
@@ -180,7 +182,7 @@ def load_study(manifest, options=None, baseline_month: int | None = None) -> Stu
             if not p.exists():
                 problems.append(f"{where}: {'scan' if key == 'path' else 'label map'} not found: {r[key]}")
             r[key] = str(p.resolve())
-        if r.get("level") and normalize_level(r["level"]) is None:
+        if r.get("level") and normalize_level(r["level"]) not in known_levels:
             problems.append(f"{where}: unknown vertebral level {r['level']!r} (e.g. L4, T12)")
         for key, positive in (("dxa_abmd_g_cm2", True), ("dxa_tscore", False)):
             if r.get(key):
