@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import threading
+import time
 import traceback
 import uuid
 import warnings
@@ -256,6 +257,7 @@ def _run_task(run_one, scan: Scan, scan_dir: str, options: dict):
     if pkg.getEffectiveLevel() > logging.INFO:
         pkg.setLevel(logging.INFO)
     log.info("scan %s: %s, options %s", scan.scan_id, scan.path, {**options, **scan.extra})
+    t_wall, t_cpu = time.perf_counter(), time.process_time()
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -269,7 +271,8 @@ def _run_task(run_one, scan: Scan, scan_dir: str, options: dict):
             raise KeyError(f"result lacks key(s): {', '.join(missing)}")
         atomic_write_json(stage / "result.json", res)
         atomic_write_json(stage / "inputs.json", _inputs_record(scan, options))
-        log.info("scan %s done", scan.scan_id)
+        log.info("scan %s done in %.1f s (CPU %.1f s)", scan.scan_id,
+                 time.perf_counter() - t_wall, time.process_time() - t_cpu)
         out = res, None
     except Exception as exc:  # noqa: BLE001 - one bad scan must not stop the cohort
         (stage / "result.json").unlink(missing_ok=True)

@@ -67,7 +67,10 @@ class Study:
 
 def read_options(path) -> tuple[dict, dict, list[str]]:
     """``(run options, study settings, problems)`` of a TOML options file."""
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
 
     from fesim.pipeline import RunOptions
 
