@@ -46,13 +46,18 @@ def _write_image(spec, folder: Path, spacing_mm) -> str:
 
 
 def write_demo_inputs(out: Path, n_patients: int = 21, months=(0, 12, 24), seed: int = 0,
-                      cohort=synthetic_cohort, spacing_mm=DEMO_SPACING_MM) -> list[dict]:
+                      cohort=synthetic_cohort, spacing_mm=DEMO_SPACING_MM,
+                      progress=None) -> list[dict]:
     """Write one image per simulated visit under ``out/inputs``; returns the scan list.
 
     Images already written (a previous, interrupted demo) are reused.
     """
+    from fesim.progress import Progress
+
     scans = []
-    for spec in cohort(n_patients, months, seed=seed):
+    specs = cohort(n_patients, months, seed=seed)
+    bar = Progress(len(specs), "demo inputs", "series", enabled=progress)
+    for spec in specs:
         folder = Path(out) / "inputs" / f"{spec.patient}_m{spec.month:02d}"
         done = folder / ".complete"
         if done.exists():
@@ -64,24 +69,26 @@ def write_demo_inputs(out: Path, n_patients: int = 21, months=(0, 12, 24), seed:
         for k in ("density_scale", "phantom_seed"):
             scan.pop(k, None)
         scans.append(scan)
+        bar.update()
+    bar.close()
     return scans
 
 
 def run_demo(out_dir="demo_out", n_patients: int = 21, backend: str = "dask",
              n_workers: int | None = 2, options: dict | None = None, months=(0, 12, 24),
-             seed: int = 0, cohort=synthetic_cohort, progress=None) -> dict:
+             seed: int = 0, cohort=synthetic_cohort, progress=None, run_one=None) -> dict:
     """Simulate, analyse and report a cohort of ``n_patients`` x ``months``.
 
     Returns a dict with the rows, the number of scans and the times (s) of the two phases.
     """
     out = Path(out_dir)
     t0 = time.perf_counter()
-    scans = write_demo_inputs(out, n_patients, months, seed, cohort)
+    scans = write_demo_inputs(out, n_patients, months, seed, cohort, progress=progress)
     t_inputs = time.perf_counter() - t0
     log.info("demo: %d synthetic QCT series ready in %.1f s", len(scans), t_inputs)
     opts = {**DEMO_OPTIONS, **(options or {})}
     notes = [SIMULATION_NOTE] + ([DEMO_NOTE] if opts == DEMO_OPTIONS else [])
     rows = run_study(Study(scans, opts, {}), out, backend=backend, n_workers=n_workers,
-                     progress=progress, notes=notes)
+                     progress=progress, notes=notes, run_one=run_one)
     return {"rows": rows, "n_scans": len(scans), "inputs_s": t_inputs,
             "total_s": time.perf_counter() - t0}
