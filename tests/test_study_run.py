@@ -244,3 +244,19 @@ def test_demo_takes_any_cohort_generator(tmp_path):
     again = run_demo(tmp_path, n_patients=4, backend="local", cohort=_cohort,
                      run_one=_density_from_image)
     assert again["rows"] == res["rows"]
+
+
+def _random_result(path, out_dir, **kw):
+    res = fake_run_one(path, out_dir)
+    res["draw"] = float(np.random.rand())
+    return res
+
+
+def test_each_scan_starts_from_the_same_random_state(tmp_path):
+    np.random.seed(123)
+    expected_next = np.random.rand()
+    np.random.seed(123)
+    rows = co.run_cohort([{"patient": "P1", "month": 0}, {"patient": "P2", "month": 0}], tmp_path,
+                         run_one=_random_result)
+    assert rows[0]["draw"] == rows[1]["draw"] == np.random.RandomState(co.SCAN_SEED).rand()
+    assert np.random.rand() == expected_next  # the caller's random state is left as it was
