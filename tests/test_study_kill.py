@@ -135,7 +135,7 @@ def test_sigkill_at_staggered_times_then_rerun_matches_uninterrupted(tmp_path):
                         "done_after": len(after), "redone": redone})
         assert not redone, history
     assert not problems, problems[:10]
-    assert any(h["rc"] == -signal.SIGKILL for h in history)
+    assert sum(h["rc"] == -signal.SIGKILL for h in history) >= 10, history
     # at least one kill landed while some but not all scans were done
     assert any(0 < h["done_after"] < len(scans) and h["rc"] != 0 for h in history), history
 

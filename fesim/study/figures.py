@@ -147,7 +147,7 @@ def curves(curves_by_patient, case_prefix: str) -> bytes | None:
         ax.set_visible(False)
     h, lab = axes[0].get_legend_handles_labels()
     if h:
-        fig.legend(h, lab, loc="outside lower center", ncol=len(h), fontsize=7)
+        fig.legend(h, lab, loc="outside upper center", ncol=len(h), fontsize=7)
     fig.supxlabel("displacement (mm)", fontsize=8)
     fig.supylabel("force (N)", fontsize=8)
     return _png(fig, dpi=90)
