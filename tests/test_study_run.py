@@ -260,3 +260,42 @@ def test_each_scan_starts_from_the_same_random_state(tmp_path):
                          run_one=_random_result)
     assert rows[0]["draw"] == rows[1]["draw"] == np.random.RandomState(co.SCAN_SEED).rand()
     assert np.random.rand() == expected_next  # the caller's random state is left as it was
+
+
+class _Recorder:
+    """A RunProgress-like object that records what run_scan tells it."""
+
+    def __init__(self):
+        self.events = []
+
+    def stage(self, name):
+        self.events.append(("stage", name))
+
+    def cases(self, names):
+        self.events.append(("cases", tuple(names)))
+
+    def step_callback(self, case, expected):
+        def cb(step, max_steps, force):
+            self.events.append(("step", case, step, max_steps, force))
+        return cb
+
+
+@pytest.mark.slow
+def test_run_scan_reports_stages_and_load_steps(tmp_path):
+    from fesim.pipeline import run_scan
+    from study_helpers import write_phantom_scans
+
+    scan = write_phantom_scans(tmp_path / "in", [("P01", 0, 3, 0.7)])[0]
+    rec = _Recorder()
+    res = run_scan(scan["path"], tmp_path / "out", progress=rec, mesh_size_mm=3.0,
+                   screw_mesh_size_mm=1.5, element_order=1, strength_accuracy="screening",
+                   write_vtk=False)
+    stages = [e[1] for e in rec.events if e[0] == "stage"]
+    assert stages[:7] == ["read", "calibrate", "segment", "plan", "bmd", "mesh", "materials"]
+    cases = [e for e in rec.events if e[0] == "cases"][0][1]
+    assert cases == ("compression", "pullout_left", "pullout_right")
+    for case in cases:
+        steps = [e for e in rec.events if e[0] == "step" and e[1] == case]
+        n = res["analyses"][case]["n_steps"]
+        assert [e[2] for e in steps] == list(range(1, n + 1))
+        assert [e[4] for e in steps] == pytest.approx(res["analyses"][case]["curve_force_N"][1:])
