@@ -17,6 +17,15 @@ class DicomError(InputError):
     """A DICOM series is missing, malformed, or not a usable CT series."""
 
 
+class ManifestError(InputError):
+    """A study's manifest or options file has problems; ``problems`` lists every one."""
+
+    def __init__(self, source, problems):
+        self.problems = list(problems)
+        super().__init__(f"{source}: {len(self.problems)} problem(s):\n  - "
+                         + "\n  - ".join(self.problems))
+
+
 class NiftiError(InputError):
     """A NIfTI image or label map cannot be used."""
 

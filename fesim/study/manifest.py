@@ -38,22 +38,13 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from fesim.errors import InputError
+from fesim.errors import ManifestError
 
 COLUMNS = ("patient", "month", "visit_date", "path", "labels", "level", "dxa_abmd_g_cm2",
            "dxa_tscore", "arm", "repeat")
 STUDY_KEYS = {"baseline_month": int, "backend": str, "workers": int, "scheduler": str, "notes": list}
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 DAYS_PER_MONTH = 30.4375
-
-
-class ManifestError(InputError):
-    """The manifest or the options file has problems; ``problems`` lists every one."""
-
-    def __init__(self, source, problems):
-        self.problems = list(problems)
-        super().__init__(f"{source}: {len(self.problems)} problem(s):\n  - "
-                         + "\n  - ".join(self.problems))
 
 
 @dataclass
