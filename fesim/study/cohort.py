@@ -333,7 +333,7 @@ def _execute(todo, run_one, out_dir: Path, options, backend, n_workers, schedule
     cluster = None
     if scheduler_address is None:
         cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                               dashboard_address=":0")
+                               dashboard_address=":0", silence_logs=logging.ERROR)
     client = Client(cluster if cluster is not None else scheduler_address)
     try:
         futs = [client.submit(_run_task, run_one, s, d, options, pure=False,
