@@ -227,6 +227,8 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     q.add_argument("--backend", default="dask", choices=["local", "processes", "dask"])
     q.add_argument("--workers", type=int, default=2)
     add_run_options(q)  # flags given here override the demo's screening settings
+    q.add_argument("--vtk", dest="write_vtk", action="store_true",
+                   help="write VTU files and the per-patient ParaView series (off in the demo)")
     q.set_defaults(func=cmd_demo)
     if suppress_defaults:
         for parser in sub.choices.values():

@@ -299,3 +299,16 @@ def test_run_scan_reports_stages_and_load_steps(tmp_path):
         n = res["analyses"][case]["n_steps"]
         assert [e[2] for e in steps] == list(range(1, n + 1))
         assert [e[4] for e in steps] == pytest.approx(res["analyses"][case]["curve_force_N"][1:])
+
+
+def test_demo_cli_options_override_only_what_is_given(monkeypatch):
+    from fesim import cli
+
+    seen = {}
+    monkeypatch.setattr("fesim.study.demo.run_demo",
+                        lambda out, **kw: seen.update(kw) or {"rows": [], "n_scans": 0,
+                                                              "inputs_s": 0.0, "total_s": 0.0})
+    assert cli.main(["demo", "--out", "x", "--vtk", "--mesh-size", "2.5"]) == 0
+    assert seen["options"] == {"write_vtk": True, "mesh_size_mm": 2.5}
+    assert cli.main(["demo", "--out", "x"]) == 0
+    assert seen["options"] == {} and seen["n_patients"] == 21 and seen["backend"] == "dask"
