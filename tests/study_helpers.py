@@ -117,3 +117,10 @@ def write_options(path: Path, run: dict, study: dict | None = None) -> Path:
         lines += ["[study]"] + [f"{k} = {val(v)}" for k, v in study.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def env_run_one(scan_path, out_dir, **options):
+    """:func:`pid_run_one` that also reports the worker's MALLOC_TRIM_THRESHOLD_ ("" if unset)."""
+    res = pid_run_one(scan_path, out_dir, **options)
+    res["malloc_trim"] = os.environ.get("MALLOC_TRIM_THRESHOLD_", "")
+    return res

@@ -77,3 +77,19 @@ def test_fesim_study_cli_on_real_scans_through_the_cluster(tmp_path, dask_cluste
     cfg = json.loads((tmp_path / "out" / "study.json").read_text())
     assert cfg["backend"] == "dask" and cfg["scheduler"] == dask_cluster
     assert (tmp_path / "out" / "report.html").stat().st_size > 10000
+
+
+def test_local_cluster_workers_keep_the_default_malloc_trim(tmp_path):
+    code = ("from fesim.study.cohort import run_cohort\n"
+            "from study_helpers import env_run_one\n"
+            "if __name__ == '__main__':\n"
+            f"    rows = run_cohort([{{'patient': 'P1', 'month': 0}}], {str(tmp_path)!r}, run_one=env_run_one,"
+            " backend='dask', n_workers=1)\n"
+            "    print('TRIM=' + repr(rows[0]['malloc_trim']))\n")
+    (tmp_path / "run.py").write_text(code)
+    env = worker_env()
+    env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    proc = subprocess.run([sys.executable, str(tmp_path / "run.py")], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "TRIM=''" in proc.stdout  # not set in the worker (dask's default sets 65536)

@@ -328,12 +328,20 @@ def _execute(todo, run_one, out_dir: Path, options, backend, n_workers, schedule
             for f in as_completed(futs):
                 yield (futs[f], *_collect(f))
         return
+    import dask
     from dask.distributed import Client, LocalCluster, as_completed
 
     cluster = None
     if scheduler_address is None:
-        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                               dashboard_address=":0", silence_logs=logging.ERROR)
+        # dask's nannies set MALLOC_TRIM_THRESHOLD_=65536, which returns every freed array to the
+        # OS: the FE pipeline then spends ~30 % more CPU on page faults (measured: 18.5 s vs
+        # 12.8 s CPU for one demo scan). Keep the thread limits, leave malloc its default.
+        key = "distributed.nanny.pre-spawn-environ"
+        environ = {k: v for k, v in (dask.config.get(key, default={}) or {}).items()
+                   if k != "MALLOC_TRIM_THRESHOLD_"}
+        with dask.config.set({key: environ}):
+            cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=":0", silence_logs=logging.ERROR)
     client = Client(cluster if cluster is not None else scheduler_address)
     try:
         futs = [client.submit(_run_task, run_one, s, d, options, pure=False,
