@@ -1,5 +1,5 @@
 # fesim: two commands on a fresh machine.
-#   make demo   - synthetic QCT cohort, whole chain, results in demo_out/
+#   make demo   - Tani-sized synthetic study (21 patients x 3 visits), whole chain, report in demo_out/
 #   make test   - the test suite
 PYTHON ?= python3
 VENV   := .venv
@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/solve.py
 	$(PY) benchmarks/mesh.py
 	$(PY) benchmarks/strength.py
+	$(PY) benchmarks/study.py
 
 clean:
 	rm -rf demo_out .pytest_cache build *.egg-info

@@ -9,3 +9,8 @@ or g/cm^3 (ash and apparent density), areal BMD g/cm^2.
 """
 
 __version__ = "0.1.0"
+
+import logging as _logging
+
+# library code logs through logging.getLogger(__name__); applications add handlers
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())

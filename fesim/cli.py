@@ -1,4 +1,4 @@
-"""``fesim`` command line: phantom, inspect, run, cohort, demo.
+"""``fesim`` command line: phantom, inspect, run, study (alias cohort), demo.
 
 A user error (bad file, bad option, unsolvable model) prints one line on stderr and exits
 with code 2; ``--debug`` shows the traceback instead.
@@ -7,8 +7,10 @@ with code 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -149,12 +151,22 @@ def cmd_inspect(args):
         print(s.describe() if hasattr(s, "describe") else s)
 
 
+def _given_run_options(args) -> dict:
+    """The run options set explicitly on the command line (not argparse defaults)."""
+    return {k: v for k, v in _run_options(args).items() if k in getattr(args, "given", ())}
+
+
 def cmd_run(args):
     from .pipeline import run_scan
+    from .progress import RunProgress
 
     import math
 
-    res = run_scan(args.scan, args.out, **_run_options(args))
+    bar = RunProgress("run")
+    try:
+        res = run_scan(args.scan, args.out, progress=bar, **_run_options(args))
+    finally:
+        bar.close()
     parts = []
     if not math.isnan(res["pullout_strength_N"]):
         parts.append(f"pullout strength {res['pullout_strength_N']:.0f} N")
@@ -165,29 +177,39 @@ def cmd_run(args):
     print(f"{', '.join(parts)}; results in {Path(args.out) / 'result.json'}")
 
 
-def cmd_cohort(args):
-    from .study.cohort import load_manifest, run_cohort
-    from .study.report import write_report
+def cmd_study(args):
+    from .study.cohort import load_failures
+    from .study.manifest import load_study
+    from .study.runner import run_study
 
     if args.workers is not None and args.workers < 1:
         from .errors import OptionError
 
         raise OptionError(f"--workers must be at least 1, got {args.workers}")
-    scans = load_manifest(args.manifest, allow_outside=args.allow_outside_paths)
-    rows = run_cohort(scans, args.out, backend=args.backend, n_workers=args.workers,
-                      scheduler_address=args.scheduler, options=_run_options(args))
-    write_report(rows, args.out)
-    print(f"{len(rows)} scan(s) analysed; see {Path(args.out) / 'summary.md'}")
+    t0 = time.perf_counter()
+    study = load_study(args.manifest, args.options, baseline_month=args.baseline_month,
+                       allow_outside=args.allow_outside_paths)
+    rows = run_study(study, args.out, run_options=_given_run_options(args), backend=args.backend,
+                     n_workers=args.workers, scheduler_address=args.scheduler,
+                     report=not args.no_report)
+    fails = load_failures(args.out)
+    print(f"{len(rows)}/{len(study.scans)} scan(s) analysed in {time.perf_counter() - t0:.0f} s"
+          + (f", {len(fails)} failed (see {Path(args.out) / 'failures.json'})" if fails else "")
+          + (f"; report: {Path(args.out) / 'report.html'}" if rows and not args.no_report else ""))
 
 
 def cmd_demo(args):
     from .study.demo import run_demo
 
-    run_demo(args.out, n_patients=args.patients, backend=args.backend, n_workers=args.workers,
-             options=_run_options(args))
+    res = run_demo(args.out, n_patients=args.patients, backend=args.backend, n_workers=args.workers,
+                   options=_given_run_options(args))
+    print(f"[demo] {len(res['rows'])}/{res['n_scans']} scans: inputs written in {res['inputs_s']:.0f} s, "
+          f"total {res['total_s']:.0f} s ({res['total_s'] / 60:.1f} min); report: "
+          f"{Path(args.out) / 'report.html'}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
+    """The ``fesim`` parser; ``suppress_defaults`` leaves unset options out of the namespace."""
     p = argparse.ArgumentParser(prog="fesim", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"fesim {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -212,26 +234,44 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_options(q)
     q.set_defaults(func=cmd_run)
 
-    q = sub.add_parser("cohort", help="analyse a cohort from a CSV manifest (patient,month,path[,dxa_abmd_g_cm2])")
+    q = sub.add_parser("study", aliases=["cohort"],
+                       help="run a study from a CSV manifest (one row per scan) and report it",
+                       description="Run a study: validate the manifest, analyse every scan "
+                                   "(resuming finished ones), write results.csv, stats.csv and "
+                                   "report.html. Manifest columns: patient, month or visit_date, "
+                                   "path, optional labels, level, dxa_abmd_g_cm2, dxa_tscore, arm, "
+                                   "repeat (see docs/study.md). Run options: the options file's "
+                                   "[run] section, overridden by flags given here.")
     q.add_argument("manifest")
     q.add_argument("--out", required=True)
-    q.add_argument("--backend", default="local", choices=["local", "processes", "dask"])
-    q.add_argument("--workers", type=int)
-    q.add_argument("--scheduler", help="address of a running dask scheduler (cluster)")
+    q.add_argument("--options", help="TOML file of study options ([study] and [run] sections)")
+    q.add_argument("--backend", choices=["local", "processes", "dask"],
+                   help="local (serial), processes, or dask (default; a local cluster unless "
+                        "--scheduler is given)")
+    q.add_argument("--workers", type=int, help="parallel workers (default: number of CPUs)")
+    q.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://host:8786")
+    q.add_argument("--baseline-month", type=int, help="baseline visit (default 0)")
+    q.add_argument("--no-report", action="store_true", help="results tables only")
     q.add_argument("--allow-outside-paths", action="store_true",
                    help="accept scan paths outside the manifest's folder")
     add_run_options(q)
-    q.set_defaults(func=cmd_cohort)
+    q.set_defaults(func=cmd_study)
 
-    q = sub.add_parser("demo", help="synthetic denosumab cohort, whole chain, report")
+    q = sub.add_parser("demo", help="synthetic Tani-sized denosumab study (21 x 3 scans), whole chain, report")
     q.add_argument("--out", default="demo_out")
-    q.add_argument("--patients", type=int, default=4)
-    q.add_argument("--backend", default="processes", choices=["local", "processes", "dask"])
+    q.add_argument("--patients", type=int, default=21)
+    q.add_argument("--backend", default="dask", choices=["local", "processes", "dask"])
     q.add_argument("--workers", type=int, default=2)
-    add_run_options(q)
-    # Screening settings (coarser mesh, tet4) so that 12 scans finish in minutes on 2 cores.
-    q.set_defaults(func=cmd_demo, mesh_size_mm=3.0, screw_mesh_size_mm=1.5, element_order=1,
-                   strength_accuracy="screening")
+    add_run_options(q)  # flags given here override the demo's screening settings
+    q.add_argument("--vtk", dest="write_vtk", action="store_true",
+                   help="write VTU files and the per-patient ParaView series (off in the demo)")
+    q.set_defaults(func=cmd_demo)
+    if suppress_defaults:
+        for parser in sub.choices.values():
+            parser._defaults.clear()
+            for a in parser._actions:
+                if a.dest != "help":
+                    a.default = argparse.SUPPRESS
     return p
 
 
@@ -242,6 +282,11 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.given = set(vars(build_parser(suppress_defaults=True).parse_args(argv)))
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("fesim: %(levelname)s: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    logging.getLogger("fesim").addHandler(handler)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
@@ -266,6 +311,8 @@ def main(argv=None) -> int:
             raise
         print(f"fesim: internal error: {type(exc).__name__}: {exc} (rerun with --debug)", file=sys.stderr)
         return 1
+    finally:
+        logging.getLogger("fesim").removeHandler(handler)
     return 0
 
 

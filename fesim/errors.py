@@ -17,6 +17,20 @@ class DicomError(InputError):
     """A DICOM series is missing, malformed, or not a usable CT series."""
 
 
+class ManifestError(InputError):
+    """A study's manifest or options file has problems: malformed (one message), or a list
+    of ``problems`` found by validation, all reported at once."""
+
+    def __init__(self, source, problems=None):
+        if problems is None:  # one message: the file cannot be read as a manifest at all
+            self.problems = [str(source)]
+            super().__init__(str(source))
+            return
+        self.problems = list(problems)
+        super().__init__(f"{source}: {len(self.problems)} problem(s):\n  - "
+                         + "\n  - ".join(self.problems))
+
+
 class NiftiError(InputError):
     """A NIfTI image or label map cannot be used."""
 
@@ -48,10 +62,6 @@ class ModelError(FesimError):
 
 class SolverError(FesimError):
     """The linear solver failed (singular system, no convergence, ...)."""
-
-
-class ManifestError(InputError):
-    """A cohort manifest (CSV) is malformed, or names scans or patients it must not."""
 
 
 class OptionError(InputError):

@@ -8,6 +8,7 @@ computed here from the image, never assumed.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 import warnings
 from dataclasses import dataclass, asdict, fields
@@ -23,6 +24,8 @@ from .imaging.volume import Volume
 from .imaging.screwplan import TIP_SHAPES, ScrewPlan
 from .imaging.segmentation import BODY_CODES, POSTERIOR_CODES
 from .material import ASH_EQUATIONS, LAWS, check_ash_equation, check_bmd_material
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -107,18 +110,23 @@ class RunOptions:
 
 
 class _Timer:
-    def __init__(self):
+    def __init__(self, progress=None):
         self.t = {}
+        self.progress = progress
 
     def __call__(self, name):
         timer = self
 
         class _Ctx:
             def __enter__(self):
+                if timer.progress is not None:
+                    timer.progress.stage(name)
                 self.t0 = time.perf_counter()
 
             def __exit__(self, *exc):
-                timer.t[name] = timer.t.get(name, 0.0) + time.perf_counter() - self.t0
+                dt = time.perf_counter() - self.t0
+                timer.t[name] = timer.t.get(name, 0.0) + dt
+                log.info("stage %s %s in %.2f s", name, "failed" if exc[0] else "done", dt)
 
         return _Ctx()
 
@@ -307,13 +315,15 @@ def export_models(out: Path, mesh, mat, cases, formats, delta_mm: float = 0.1) -
     return export_model(out, mesh, mat.E, mat.nu, cases, formats, delta_mm)
 
 
-def run_scan(scan, out_dir, **options) -> dict:
+def run_scan(scan, out_dir, progress=None, **options) -> dict:
     """Analyse one scan end to end and write ``out_dir/result.json`` (and VTK files).
 
     Parameters
     ----------
     scan : path of a DICOM folder or a NIfTI CT file
     out_dir : output folder (created)
+    progress : :class:`fesim.progress.RunProgress`-like, optional
+        Told of each stage and load step (``stage``, ``cases``, ``step_callback``).
     **options : fields of :class:`RunOptions`
 
     Returns
@@ -324,7 +334,7 @@ def run_scan(scan, out_dir, **options) -> dict:
     opts = RunOptions.from_dict(options)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = _run(scan, out_dir, opts)
+        result = _run(scan, out_dir, opts, progress)
     result["warnings"] = sorted({str(w.message) for w in caught})
     for w in caught:  # hand them on to the caller's handlers (the CLI prints one line each)
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -332,7 +342,7 @@ def run_scan(scan, out_dir, **options) -> dict:
     return result
 
 
-def _run(scan, out_dir, opts: RunOptions) -> dict:
+def _run(scan, out_dir, opts: RunOptions, progress=None) -> dict:
     from .analysis.loadcases import BodyFrame, load_cases
     from .analysis.outputs import write_case_outputs
     from .analysis.protocols import PROTOCOLS, benchmark_numbers
@@ -344,7 +354,7 @@ def _run(scan, out_dir, opts: RunOptions) -> dict:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    T = _Timer()
+    T = _Timer(progress)
     with T("read"):
         hu = load_image(scan, opts)
     with T("calibrate"):
@@ -381,10 +391,12 @@ def _run(scan, out_dir, opts: RunOptions) -> dict:
     assembler = Assembler(mesh.points, mesh.cells)  # pattern and element matrices shared by all cases
     analyses = {}
     protocol = PROTOCOLS[opts.protocol]
+    if progress is not None:
+        progress.cases([c.name for c in cases])
     for case in cases:
         with T(case.name):
             steps = opts.max_steps if opts.strength == "nonlinear" else 0  # surrogate: one linear solve
-            res = _analyse(mesh, mat, case, bframe, protocol, opts, steps, assembler)
+            res = _analyse(mesh, mat, case, bframe, protocol, opts, steps, assembler, progress)
         analyses[case.name] = res
         with T("write"):
             write_case_outputs(out, mesh, mat, elem_bmd, res, vtk=opts.write_vtk, case=case, frame=bframe)
@@ -436,7 +448,7 @@ def _run(scan, out_dir, opts: RunOptions) -> dict:
     return result
 
 
-def _analyse(mesh, mat, case, bframe, protocol, opts: RunOptions, steps: int, assembler):
+def _analyse(mesh, mat, case, bframe, protocol, opts: RunOptions, steps: int, assembler, progress=None):
     """One load case through the strength analysis, as the protocol sets it.
 
     With ``protocol.axial_only`` the compression case is solved on the mesh in body
@@ -448,6 +460,9 @@ def _analyse(mesh, mat, case, bframe, protocol, opts: RunOptions, steps: int, as
 
     kwargs = dict(solver=opts.solver, max_steps=steps, snapshot_every=3 if opts.write_vtk else 0,
                   **ACCURACY[opts.strength_accuracy].settings)
+    if progress is not None:  # the peak lies near 1 / step_fraction steps; a few more to pass it
+        expected = int(np.ceil(1.4 / ACCURACY[opts.strength_accuracy].settings["step_fraction"]))
+        kwargs["progress"] = progress.step_callback(case.name, expected)
     if protocol.material_yield:
         fails = can_fail(mesh)
         # sigma_y / E; bone of zero or negative density (E at its floor, no strength) gets 0.1 %

@@ -7,7 +7,7 @@ import pytest
 
 from fesim.cli import main
 
-COMMANDS = ["phantom", "inspect", "run", "cohort", "demo"]
+COMMANDS = ["phantom", "inspect", "run", "study", "demo"]
 
 
 def _run(args, tmp_path):
@@ -21,6 +21,12 @@ def test_help_for_every_command(cmd, capsys):
         main([cmd, "--help"])
     assert e.value.code == 0
     assert "usage: fesim " + cmd in capsys.readouterr().out
+
+
+def test_cohort_is_an_alias_of_study(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["cohort", "--help"])
+    assert e.value.code == 0 and "usage: fesim study" in capsys.readouterr().out
 
 
 def _assert_one_line_error(proc, *needles):

@@ -17,6 +17,7 @@ from fesim.errors import FesimError, InputError
 from fesim.study import cohort as co
 from fesim.study import stats as st
 from fesim.study.report import FIGURES, write_report
+from fesim.study.tables import POS
 from fesim.study.synthetic import ScanSpec, mean_dxa_gain_percent, synthetic_cohort
 
 # --------------------------------------------------------------------------- fakes
@@ -322,31 +323,68 @@ def test_report_files_and_headings(tmp_path):
     scans = _scans(tmp_path, n_patients=6)
     rows = co.run_cohort(scans, tmp_path, run_one=fake_run_one)
     stats = write_report(co.load_results_csv(tmp_path / "results.csv"), tmp_path / "report",
-                         notes=["Synthetic test cohort."])
-    md = (tmp_path / "report" / "summary.md").read_text()
+                         notes=["Synthetic test cohort."], scans_dir=tmp_path / "scans",
+                         config={"options": {"mesh_size_mm": 3.0, "law": "keyak"},
+                                 "backend": "local"})
+    rep = tmp_path / "report"
+    md = (rep / "summary.md").read_text()
+    html = (rep / "report.html").read_text()
     for m in (0, 12, 24):
-        assert f"### Month {m}: pullout strength vs screw-region vBMD" in md
-        assert f"### Month {m}: pullout strength vs areal BMD" in md
-        assert f"### Month {m}: compression strength vs trabecular vBMD" in md
-    assert "Meng z" in md and "fake-power-law" in md and "Synthetic test cohort." in md
-    for name in FIGURES.values():
-        p = tmp_path / "report" / name
-        assert p.stat().st_size > 5000 and p.read_bytes()[:4] == b"\x89PNG" and f"]({name})" in md
-    js = json.loads((tmp_path / "report" / "stats.json").read_text())
+        assert f"### Month {m}" in md and f"<h3>Month {m}</h3>" in html
+        assert f"Month {m}: dependent-correlation test" in md
+    for text in ("Meng z", "Steiger Z", "Linear mixed model", "fake-power-law", "Synthetic test cohort.",
+                 "Holm", "3 mm bulk", "keyak", "statsmodels"):
+        assert text in md and text in html, text
+    figs = sorted(p.name for p in (rep / "figures").iterdir())
+    assert FIGURES["spaghetti"] in figs and "fig_pullout_vs_vbmd_screw_mg_cm3.png" in figs
+    assert len(figs) == 9  # 2 strengths x 4 BMD measures + spaghetti (the fake has no curves)
+    for name in figs:
+        png = (rep / "figures" / name).read_bytes()
+        assert len(png) > 5000 and png[:4] == b"\x89PNG" and f"](figures/{name})" in md
+    # self-contained: every figure embedded, no external references
+    assert html.count("data:image/png;base64,") == len(figs) and 'src="figures' not in html
+    js = json.loads((rep / "stats.json").read_text())
     assert js["n_patients"] == 6 and js["months"] == [0, 12, 24]
     r = js["correlations"]["24"]["pullout_strength_N|vbmd_screw_mg_cm3"]["r"]
     ref = np.corrcoef([x["vbmd_screw_mg_cm3"] for x in rows if x["month"] == 24],
                       [x["pullout_strength_N"] for x in rows if x["month"] == 24])[0, 1]
     assert r == pytest.approx(ref) and r > 0.95
     ch = js["changes"]["24"]["pullout_strength_N"]
-    assert ch["n"] == 6 and ch["mean_pct"] > 5
+    assert ch["n"] == 6 and ch["mean_pct"] > 5 and ch["ci_pct_low"] < ch["mean_pct"] < ch["ci_pct_high"]
     assert stats["dependent"][24]["dxa_abmd_g_cm2"]["n"] == 6
+    with open(rep / "stats.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    pearson = [t for t in table if t["analysis"] == "correlation" and t["method"] == "Pearson"
+               and t["month"] == "24" and t["x"] == "vbmd_screw_mg_cm3" and t["y"] == POS]
+    assert len(pearson) == 1 and float(pearson[0]["estimate"]) == pytest.approx(ref, abs=1e-11)
+    assert float(pearson[0]["p_holm"]) >= float(pearson[0]["p"])
+
+
+def test_report_curves_and_patient_pvds(tmp_path):
+    scans = tmp_path / "scans"
+    rows = []
+    for p in ("P01", "P02"):
+        for m in (0, 12):
+            d = scans / f"{p}_m{m}"
+            d.mkdir(parents=True)
+            for case in ("compression", "pullout_left"):
+                (d / f"{case}_curve.csv").write_text("displacement_mm,force_N\n0,0\n0.1,500\n0.2,700\n")
+                (d / f"{case}.vtu").write_text("<VTKFile/>")
+            rows.append({"patient": p, "month": m, POS: 800.0 + m + (p == "P02") * 50,
+                         "compression_strength_N": 3000.0 + m, "vbmd_screw_mg_cm3": 100.0 + m})
+    write_report(rows, tmp_path)
+    figs = {p.name for p in (tmp_path / "figures").iterdir()}
+    assert {FIGURES["curves_pullout"], FIGURES["curves_compression"]} <= figs
+    pvd = (tmp_path / "patients" / "P02_compression.pvd").read_text()
+    assert 'timestep="0"' in pvd and 'timestep="12"' in pvd
+    assert 'file="../scans/P02_m12/compression.vtu"' in pvd
+    assert not (tmp_path / "patients" / "P01_pullout_right.pvd").exists()
 
 
 def test_report_small_cohort_does_not_crash(tmp_path):
     rows = co.run_cohort(_scans(tmp_path, n_patients=2, months=(0,)), tmp_path, run_one=fake_run_one)
     write_report(rows, tmp_path / "r")
     md = (tmp_path / "r" / "summary.md").read_text()
-    assert "not computed (n=2 < 3)" in md and "only one time point" in md
+    assert "n=2 < 3" in md and "Change from baseline" in md
     with pytest.raises(InputError):
         write_report([], tmp_path / "r2")

@@ -205,7 +205,7 @@ def run_strength(mesh: TetMesh, E0: np.ndarray, nu: np.ndarray, case: LoadCase,
                  surrogate_fraction: float = 0.02,
                  snapshot_every: int = 0, rtol: float = 1e-5, assembler=None,
                  nonlocal_radius_mm: float = 1.5, correction_rtol: float = 0.5,
-                 can_fail: np.ndarray | None = None) -> StrengthResult:
+                 can_fail: np.ndarray | None = None, progress=None) -> StrengthResult:
     """Trace the force-displacement curve of ``case`` through its peak.
 
     Parameters
@@ -227,6 +227,8 @@ def run_strength(mesh: TetMesh, E0: np.ndarray, nu: np.ndarray, case: LoadCase,
         (:func:`nonlocal_average`); 0 uses each element's own strain
     can_fail : (M,) bool, elements that may yield (default: bone; screws and caps stay elastic).
         ``fm``'s yield strains may then be per-element arrays (M,).
+    progress : callable, optional
+        Called after every load step as ``progress(step, max_steps, force_N)``.
     """
     fm = fm or FailureModel()
     t0 = time.perf_counter()
@@ -297,6 +299,8 @@ def run_strength(mesh: TetMesh, E0: np.ndarray, nu: np.ndarray, case: LoadCase,
             peak = (delta, F, delta * u_unit, factor.copy(), delta * r_unit)
         if snapshot_every and step % snapshot_every == 0:
             snapshots.append((delta, delta * u_unit, factor.copy()))
+        if progress is not None:
+            progress(step, max_steps, F)
         if F < (1.0 - stop_drop) * peak[1]:
             passed = True
             break

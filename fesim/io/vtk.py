@@ -3,6 +3,7 @@ hexahedral (VTK type 12) meshes."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
@@ -75,9 +76,9 @@ def write_pvd(path, entries) -> Path:
              '<VTKFile type="Collection" version="0.1" byte_order="LittleEndian">', "  <Collection>"]
     for t, f in entries:
         f = Path(f)
-        try:
-            rel = f.resolve().relative_to(path.resolve().parent)
-        except ValueError:
+        try:  # relative, also to a sibling folder ("../scans/..."), so the tree can be moved
+            rel = Path(os.path.relpath(f.resolve(), path.resolve().parent)).as_posix()
+        except ValueError:  # another drive (Windows)
             rel = f
         lines.append(f'    <DataSet timestep="{float(t):.9g}" group="" part="0" file={quoteattr(str(rel))}/>')
     lines += ["  </Collection>", "</VTKFile>", ""]

@@ -1,206 +1,293 @@
-"""Write the study report: ``summary.md``, ``stats.json`` and PNG figures.
+"""Write the study report: ``report.html`` (self-contained), ``summary.md``, ``stats.json``,
+``stats.csv``, PNG figures and one ParaView ``.pvd`` per patient across visits.
 
-Figures are drawn with matplotlib's Agg canvas directly (no pyplot), so writing a report
-never touches the caller's matplotlib backend or global state.
+The report is built once as a list of blocks (headings, paragraphs, tables, figures) and
+rendered twice, to Markdown and to HTML with the figures embedded as base64, so the two always
+say the same. Every file is written atomically.
 """
 
 from __future__ import annotations
 
+import base64
+import csv
+import html
+import io
 import json
+import platform
 from pathlib import Path
 
-import numpy as np
-
 from fesim.errors import InputError
-from fesim.io.atomic import atomic_path
-from fesim.study.cohort import atomic_write_json, atomic_write_text
-from fesim.study.stats import MEASURES, POS, cohort_statistics
+from fesim.io.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from fesim.study import figures as F
+from fesim.study.tables import (ABMD_KEYS, BMD_MEASURES, MEASURES, POS, STATS_COLUMNS, STRENGTHS,
+                                cohort_statistics, n_primary_tests, primary_rows, stats_table)
 
+#: Figures always drawn (file names under ``figures/``); scatter plots are added per pair.
 FIGURES = {
-    "pos_vbmd": "fig_pullout_vs_screw_vbmd.png",
-    "pos_abmd": "fig_pullout_vs_abmd.png",
-    "trajectories": "fig_trajectories.png",
+    "spaghetti": "fig_change_spaghetti.png",
+    "curves_pullout": "fig_curves_pullout.png",
+    "curves_compression": "fig_curves_compression.png",
 }
-_ABMD_LABEL = {"dxa_abmd_g_cm2": "DXA aBMD", "abmd_g_cm2": "QCT-derived aBMD"}
+_SHORT = {"dxa_abmd_g_cm2": "DXA aBMD", "abmd_g_cm2": "QCT aBMD", "vbmd_screw_mg_cm3": "screw vBMD",
+          "vbmd_trabecular_mg_cm3": "trabecular vBMD"}
 
 
-def _f(v, digits=2) -> str:
-    return "n/a" if v is None else f"{v:.{digits}f}"
+def _f(v, d=2) -> str:
+    return "n/a" if v is None else f"{v:.{d}f}"
 
 
-def _decimals(v) -> int:
-    a = abs(v)
+def _dec(v) -> int:
+    a = abs(v) if v is not None else 0
     return 1 if a >= 100 else 2 if a >= 1 else 3
-
-
-def _pm(mean, sd) -> str:
-    """``mean ± sd`` with decimals chosen from the size of the mean."""
-    if mean is None:
-        return "n/a"
-    d = _decimals(mean)
-    return f"{mean:.{d}f} ± {'n/a' if sd is None else f'{sd:.{d}f}'}"
 
 
 def _p(p) -> str:
     return "n/a" if p is None else "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def _peq(p) -> str:
-    return "p < 0.001" if p is not None and p < 0.001 else f"p = {_p(p)}"
+def _ci(lo, hi, d=2) -> str:
+    return "n/a" if lo is None else f"[{lo:.{d}f}, {hi:.{d}f}]"
 
 
-def _corr_line(c: dict) -> str:
-    if c["r"] is None:
-        return f"n = {c['n']}: not computed ({c['note']})"
-    ci = f"[{_f(c['ci_low'])}, {_f(c['ci_high'])}]" if c["ci_low"] is not None else "[CI n/a]"
-    return (f"r = {c['r']:.2f} {ci}, {_peq(c['p'])}; Spearman rho = {_f(c['rho'])}, "
-            f"{_peq(c['p_rho'])}; n = {c['n']}")
+def versions() -> dict:
+    """Versions of fesim, Python and the numerical libraries the statistics used."""
+    import matplotlib
+    import numpy
+    import scipy
+    import statsmodels
+
+    from fesim import __version__
+
+    return {"fesim": __version__, "python": platform.python_version(), "numpy": numpy.__version__,
+            "scipy": scipy.__version__, "statsmodels": statsmodels.__version__,
+            "matplotlib": matplotlib.__version__}
 
 
-def _abmd_keys(st) -> list[str]:
-    return [k for k in ("dxa_abmd_g_cm2", "abmd_g_cm2") if k in st["measures"]]
-
-
-def _methods(rows, st) -> str:
+def methods_text(rows, st, config: dict, n_primary: int) -> str:
+    """The methods paragraph, generated from the rows, the run configuration and versions."""
     def uniq(key):
         vals = sorted({str(r.get(key)) for r in rows if r.get(key) not in (None, "")})
         return ", ".join(vals) or "not recorded"
 
-    n_el = [float(r["n_elements"]) for r in rows if r.get("n_elements") not in (None, "")]
-    n_dof = [float(r["n_dofs"]) for r in rows if r.get("n_dofs") not in (None, "")]
-    mesh = (f" Meshes had {np.median(n_el):,.0f} elements and {np.median(n_dof):,.0f} degrees of "
-            f"freedom (median over scans)." if n_el and n_dof else "")
+    v = versions()
+    opts = config.get("options", {})
+    order = uniq("element_order")
+    mesh = ""
+    if opts.get("mesh_size_mm") is not None:
+        mesh = (f" Meshes were conforming {'tet10' if order == '2' else 'tet4' if order == '1' else 'tet'} "
+                f"meshes of {opts['mesh_size_mm']:g} mm bulk and "
+                f"{opts.get('screw_mesh_size_mm', 1.0):g} mm screw-interface element size")
+        n_el = sorted(float(r["n_elements"]) for r in rows if r.get("n_elements") not in (None, ""))
+        mesh += f" (median {n_el[len(n_el) // 2]:,.0f} elements)." if n_el else "."
+    law = f" Moduli from the '{opts['law']}' density-modulus law." if opts.get("law") else ""
+    acc = (f" Secant accuracy preset '{opts['strength_accuracy']}'."
+           if opts.get("strength_accuracy") and opts.get("strength") != "surrogate" else "")
+    backend = (f" Scans were run with the '{config['backend']}' backend"
+               f"{' on ' + str(config['workers']) + ' workers' if config.get('workers') else ''}."
+               if config.get("backend") else "")
     return (
-        f"Each QCT scan was processed with fesim {uniq('fesim_version')} (element order "
-        f"{uniq('element_order')}).{mesh} Pullout and compression strength were obtained with the "
-        f"strength criterion '{uniq('strength_criterion')}'. Per time point, measures are "
-        "summarised as mean ± SD; changes are per-patient percentages from baseline tested with "
-        "a two-sided paired t-test and a Wilcoxon signed-rank test. Associations are Pearson r "
-        "with a 95 % confidence interval from Fisher's z transform (and Spearman rho); the "
-        "correlations of pullout strength with screw-region vBMD and with areal BMD, which share "
-        "pullout strength, are compared with the z-test of Meng, Rosenthal & Rubin (1992). "
-        "p-values are not adjusted for multiple comparisons.")
+        f"Each QCT scan was analysed with fesim {v['fesim']} (Python {v['python']}, NumPy "
+        f"{v['numpy']}).{mesh}{law} Pullout and compression strength: {uniq('strength_criterion')}."
+        f"{acc}{backend} Statistics used SciPy {v['scipy']} and statsmodels {v['statsmodels']}. Per "
+        "visit, measures are mean ± SD with a t-based 95 % CI of the mean; associations are "
+        "Pearson r with a 95 % CI from Fisher's z transform and Spearman rho with the CI of "
+        "Bonett & Wright (2000). The correlations of pullout strength with screw-region vBMD and "
+        "with areal BMD, which share pullout strength, are compared with the z-test of Meng, "
+        "Rosenthal & Rubin (1992) and with Steiger's (1980) Z. Changes from baseline are given per "
+        "patient (absolute and %, mean, SD, t-based 95 % CI; paired t-test, Wilcoxon signed-rank "
+        "test) and as the visit effects of a linear mixed model with a random intercept per patient "
+        "(REML; statsmodels MixedLM), which uses every available visit. "
+        + ("Arms are compared on the per-patient % change by Welch's t-test and the Mann-Whitney U "
+           "test. " if st["arms"] else "")
+        + ("Precision from repeat scans is the root-mean-square SD and CV (Glüer et al. 1995), "
+           "with the least significant change 2.77 × RMS-SD. " if st["precision"] else "")
+        + f"Multiplicity: p-values of the {n_primary} primary tests (Pearson correlations, Meng "
+        "tests, mixed-model changes" + (", arm comparisons" if st["arms"] else "")
+        + ") are Holm-adjusted (p_holm in stats.csv); the other p-values are supportive and "
+        "unadjusted.")
 
 
-def _markdown(rows, st, notes, figures) -> str:
+def _scatter_pairs(st) -> list[tuple[str, str]]:
+    return [(y, x) for y in STRENGTHS for x in BMD_MEASURES
+            if y in st["measures"] and x in st["measures"]]
+
+
+def _blocks(rows, st, table, notes, config, figs) -> list[tuple]:
+    """The report as blocks: ("h", level, text), ("p", text), ("table", header, rows), ("fig", caption, name)."""
     months = st["months"]
-    out = ["# fesim cohort study report", "",
-           f"Cohort: {st['n_patients']} patients, {st['n_scans']} scans, time points "
-           f"{', '.join(f'month {m}' for m in months)} (baseline month {st['baseline_month']}).", ""]
-    out += [f"> {n}" for n in notes] + ([""] if notes else [])
+    b = [("h", 1, "fesim study report"),
+         ("p", f"Cohort: {st['n_patients']} patients, {st['n_scans']} scans, visits at "
+               f"{', '.join(f'month {m}' for m in months)} (baseline month {st['baseline_month']}).")]
+    b += [("note", n) for n in notes]
 
-    out += ["## Measures per time point (mean ± SD)", "",
-            "| Measure | " + " | ".join(f"month {m}" for m in months) + " |",
-            "|---|" + "---|" * len(months)]
+    b.append(("h", 2, "Measures per visit (mean ± SD [95 % CI])"))
+    tab = []
     for k in st["measures"]:
-        label, unit = MEASURES[k]
         cells = []
         for m in months:
             d = st["descriptive"][m][k]
-            cells.append("n/a" if d["mean"] is None else f"{_pm(d['mean'], d['sd'])} (n={d['n']})")
-        out.append(f"| {label} ({unit}) | " + " | ".join(cells) + " |")
+            dd = _dec(d["mean"])
+            cells.append("n/a" if d["mean"] is None else
+                         f"{d['mean']:.{dd}f} ± {_f(d['sd'], dd)} {_ci(d['ci_low'], d['ci_high'], dd)} (n={d['n']})")
+        tab.append([f"{MEASURES[k][0]} ({MEASURES[k][1]})", *cells])
+    b.append(("table", ["Measure", *[f"month {m}" for m in months]], tab))
 
-    out += ["", "## Change from baseline", "",
-            "| Measure | Month | n | % change, mean ± SD | paired t p | Wilcoxon p |",
-            "|---|---|---|---|---|---|"]
+    b.append(("h", 2, "Correlations per visit"))
+    for m in months:
+        b.append(("h", 3, f"Month {m}"))
+        tab = []
+        for key, c in st["correlations"][m].items():
+            y, x = key.split("|")
+            tab.append([MEASURES[y][0], MEASURES[x][0], str(c["n"]),
+                        _f(c["r"]), _ci(c["ci_low"], c["ci_high"]), _p(c["p"]),
+                        _f(c["rho"]), _ci(c["rho_ci_low"], c["rho_ci_high"]), _p(c["p_rho"]),
+                        c["note"]])
+        b.append(("table", ["Strength", "BMD measure", "n", "Pearson r", "95 % CI", "p",
+                            "Spearman rho", "95 % CI", "p", "note"], tab))
+        dep = st["dependent"][m]
+        if dep:
+            tab = [[f"r(POS, screw vBMD) = {_f(t['r1'])} vs r(POS, {_SHORT[a]}) = {_f(t['r2'])}",
+                    _f(t["r12"]), str(t["n"]), _f(t["z"]), _p(t["p"]), _f(t["z_steiger"]),
+                    _p(t["p_steiger"]), t["note"]] for a, t in dep.items()]
+            b.append(("p", f"Month {m}: dependent-correlation test, screw-region vBMD vs areal BMD "
+                           "as predictors of pullout strength (POS):"))
+            b.append(("table", ["Comparison", "r between predictors", "n", "Meng z", "p",
+                                "Steiger Z", "p", "note"], tab))
+
+    b.append(("h", 2, "Change from baseline"))
+    tab = []
     for m, ch in st["changes"].items():
         for k, c in ch.items():
-            pct = ("n/a" if c["mean_pct"] is None else
-                   f"{c['mean_pct']:+.1f} ± {_f(c['sd_pct'], 1)}")
-            out.append(f"| {MEASURES[k][0]} | {m} | {c['n']} | {pct} | {_p(c['p_ttest'])} | "
-                       f"{_p(c['p_wilcoxon'])} |")
-    if not st["changes"]:
-        out.append("| (only one time point) | | | | | |")
+            d = _dec(c["mean_abs"])
+            tab.append([MEASURES[k][0], str(m), str(c["n"]),
+                        f"{_f(c['mean_abs'], d)} ± {_f(c['sd_abs'], d)} {_ci(c['ci_abs_low'], c['ci_abs_high'], d)}",
+                        f"{_f(c['mean_pct'], 1)} ± {_f(c['sd_pct'], 1)} {_ci(c['ci_pct_low'], c['ci_pct_high'], 1)}",
+                        _p(c["p_ttest"]), _p(c["p_wilcoxon"])])
+    if tab:
+        b.append(("p", "Per patient (mean ± SD [95 % CI]):"))
+        b.append(("table", ["Measure", "Month", "n", "Absolute change", "% change", "paired t p",
+                            "Wilcoxon p"], tab))
+    tab = []
+    holm = {(r["y"], r["month"]): r["p_holm"] for r in table if r["analysis"] == "mixed_model_change"}
+    for k, mm in st["mixed"].items():
+        if not mm["visits"]:
+            tab.append([MEASURES[k][0], "", "", "", "", "", mm["note"]])
+        for m, v in mm["visits"].items():
+            d = _dec(v["estimate"])
+            tab.append([MEASURES[k][0], str(m), f"{v['estimate']:.{d}f} {_ci(v['ci_low'], v['ci_high'], d)}",
+                        _f(v["pct"], 1), _p(v["p"]), _p(holm.get((k, int(m)))),
+                        mm["note"] or f"{mm['n_obs']} scans, {mm['n_patients']} patients"])
+    if tab:
+        b.append(("p", "Linear mixed model over all visits (random intercept per patient, REML): "
+                       "estimated change from baseline [95 % CI]:"))
+        b.append(("table", ["Measure", "Month", "Change [95 % CI]", "% of baseline mean", "p",
+                            "p (Holm)", "note"], tab))
 
-    out += ["", "## Correlations per time point", ""]
-    for m in months:
-        cr = st["correlations"][m]
-        out += [f"### Month {m}: pullout strength vs screw-region vBMD", ""]
-        c = cr.get(f"{POS}|vbmd_screw_mg_cm3")
-        out += [_corr_line(c) if c else "not available", ""]
-        c = cr.get(f"{POS}|vbmd_trabecular_mg_cm3")
-        if c:
-            out += [f"Pullout strength vs trabecular vBMD: {_corr_line(c)}", ""]
-        out += [f"### Month {m}: pullout strength vs areal BMD", ""]
-        for a in _abmd_keys(st):
-            out += [f"- {_ABMD_LABEL[a]}: {_corr_line(cr[f'{POS}|{a}'])}"]
-        out += [""] if _abmd_keys(st) else ["not available", ""]
-        out += [f"### Month {m}: compression strength vs trabecular vBMD", ""]
-        c = cr.get("compression_strength_N|vbmd_trabecular_mg_cm3")
-        out += [_corr_line(c) if c else "not available", ""]
-        out += [f"### Month {m}: screw-region vBMD vs areal BMD as predictors of pullout strength", ""]
-        for a, t in st["dependent"][m].items():
-            line = (f"not computed ({t['note']})" if t["z"] is None else
-                    f"r(POS, vBMD) = {t['r1']:.2f} vs r(POS, {_ABMD_LABEL[a]}) = {t['r2']:.2f} "
-                    f"(r between predictors {t['r12']:.2f}): Meng z = {t['z']:.2f}, "
-                    f"{_peq(t['p'])}, n = {t['n']}")
-            out.append(f"- vs {_ABMD_LABEL[a]}: {line}")
-        out += [""] if st["dependent"][m] else ["not available", ""]
+    if st["arms"]:
+        b.append(("h", 2, "Arms"))
+        b.append(("p", "Arms: " + ", ".join(f"{a} (n = {n})" for a, n in st["arms"]["n"].items())
+                  + ". Difference of the mean % change from baseline:"))
+        tab = []
+        for m, by_k in st["arms"]["by_month"].items():
+            for k, comps in by_k.items():
+                for c in comps:
+                    tab.append([MEASURES[k][0], str(m), f"{c['arm_a']} - {c['arm_b']}",
+                                f"{_f(c['difference'], 1)} {_ci(c['ci_low'], c['ci_high'], 1)}",
+                                _p(c["p_welch"]), _p(c["p_mannwhitney"]), c["note"]])
+        b.append(("table", ["Measure", "Month", "Arms", "Difference, % [95 % CI]", "Welch p",
+                            "Mann-Whitney p", "note"], tab))
+    if st["precision"]:
+        b.append(("h", 2, "Precision (repeat scans)"))
+        tab = [[MEASURES[k][0], str(p["n_subjects"]), str(p["n_scans"]), _f(p["rms_sd"], 3),
+                _f(p["rms_cv_pct"], 2), _f(p["lsc"], 3), _f(p["lsc_pct"], 2)]
+               for k, p in st["precision"].items()]
+        b.append(("table", ["Measure", "subjects", "scans", "RMS-SD", "RMS-CV %", "LSC", "LSC %"], tab))
 
-    if figures:
-        out += ["## Figures", ""]
-        out += [f"![{cap}]({name})" + "\n" for cap, name in figures]
-    out += ["## Methods", "", _methods(rows, st), ""]
+    if figs:
+        b.append(("h", 2, "Figures"))
+        b += [("fig", cap, name) for cap, name, _ in figs]
+    b += [("h", 2, "Methods"), ("p", methods_text(rows, st, config, n_primary_tests(table)))]
+    return b
+
+
+def _markdown(blocks) -> str:
+    out = []
+    for blk in blocks:
+        if blk[0] == "h":
+            out += ["#" * blk[1] + " " + blk[2], ""]
+        elif blk[0] == "p":
+            out += [blk[1], ""]
+        elif blk[0] == "note":
+            out += [f"> {blk[1]}", ""]
+        elif blk[0] == "table":
+            out.append("| " + " | ".join(blk[1]) + " |")
+            out.append("|" + "---|" * len(blk[1]))
+            out += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in blk[2]]
+            out.append("")
+        elif blk[0] == "fig":
+            out += [f"![{blk[1]}](figures/{blk[2]})", ""]
     return "\n".join(out)
 
 
-def _scatter_figure(st, rows, xkey, xlabel, path):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    months = st["months"]
-    fig = Figure(figsize=(3.6 * len(months), 3.4), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = np.atleast_1d(fig.subplots(1, len(months), sharey=True))
-    for ax, m in zip(axes, months):
-        pts = np.array([(r[xkey], r[POS]) for r in rows if int(r["month"]) == m
-                        and r.get(xkey) not in (None, "") and r.get(POS) not in (None, "")],
-                       dtype=float).reshape(-1, 2)
-        ax.scatter(pts[:, 0], pts[:, 1], s=18, color="tab:blue")
-        reg = st["regressions"][m].get(f"{POS}|{xkey}")
-        cor = st["correlations"][m].get(f"{POS}|{xkey}")
-        if reg and reg["slope"] is not None and pts.shape[0] >= 2:
-            xs = np.linspace(pts[:, 0].min(), pts[:, 0].max(), 2)
-            ax.plot(xs, reg["slope"] * xs + reg["intercept"], color="tab:red", lw=1)
-        r_txt = f"r = {cor['r']:.2f}" if cor and cor["r"] is not None else "r n/a"
-        ax.set_title(f"month {m} ({r_txt}, n = {pts.shape[0]})", fontsize=9)
-        ax.set_xlabel(xlabel)
-    axes[0].set_ylabel("pullout strength (N)")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
+_CSS = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:0.85em}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}th{background:#eee}"
+        "blockquote{background:#fff6dd;border-left:4px solid #e0b000;margin:1em 0;padding:0.5em 1em}"
+        "figure{margin:1em 0}img{max-width:100%}figcaption{font-size:0.85em;color:#555}")
 
 
-def _trajectory_figure(st, rows, path):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    keys = [k for k in (POS, "compression_strength_N", "vbmd_screw_mg_cm3", *_abmd_keys(st)[:1])
-            if k in st["measures"]]
-    fig = Figure(figsize=(3.6 * len(keys), 3.2), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = np.atleast_1d(fig.subplots(1, len(keys)))
-    patients = sorted({r["patient"] for r in rows})
-    for ax, k in zip(axes, keys):
-        for p in patients:
-            pts = sorted((int(r["month"]), float(r[k])) for r in rows
-                         if r["patient"] == p and r.get(k) not in (None, ""))
-            if pts:
-                ax.plot(*zip(*pts), marker="o", ms=3, lw=0.8, color="0.55")
-        means = [(m, st["descriptive"][m][k]["mean"]) for m in st["months"]
-                 if st["descriptive"][m][k]["mean"] is not None]
-        if means:
-            ax.plot(*zip(*means), marker="s", lw=2, color="tab:red", label="mean")
-            ax.legend(fontsize=8)
-        ax.set_xlabel("month")
-        unit = MEASURES[k][1].replace("^2", "$^2$").replace("^3", "$^3$")
-        ax.set_ylabel(f"{MEASURES[k][0]} ({unit})", fontsize=9)
-        ax.set_xticks(st["months"])
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
+def _html(blocks, png: dict) -> str:
+    e = html.escape
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           "<title>fesim study report</title>", f"<style>{_CSS}</style></head><body>"]
+    for blk in blocks:
+        if blk[0] == "h":
+            out.append(f"<h{blk[1]}>{e(blk[2])}</h{blk[1]}>")
+        elif blk[0] == "p":
+            out.append(f"<p>{e(blk[1])}</p>")
+        elif blk[0] == "note":
+            out.append(f"<blockquote>{e(blk[1])}</blockquote>")
+        elif blk[0] == "table":
+            out.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in blk[1]) + "</tr>")
+            out += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in blk[2]]
+            out.append("</table>")
+        elif blk[0] == "fig":
+            data = base64.b64encode(png[blk[2]]).decode("ascii")
+            out.append(f'<figure><img alt="{e(blk[1])}" src="data:image/png;base64,{data}">'
+                       f"<figcaption>{e(blk[1])}</figcaption></figure>")
+    out.append("</body></html>")
+    return "\n".join(out)
 
 
-def write_report(rows, out_dir, notes=(), figures: bool = True) -> dict:
-    """Write ``summary.md``, ``stats.json`` and figures for a cohort's result rows.
+def _stats_csv(table) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=STATS_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in table:
+        w.writerow({k: "" if v is None else f"{v:.12g}" if isinstance(v, float) else v
+                    for k, v in r.items()})
+    return buf.getvalue()
+
+
+def write_patient_pvds(rows, scans_dir, out_dir) -> list[Path]:
+    """One ``patients/<patient>_<case>.pvd`` per patient and load case, visits as time (month)."""
+    from fesim.io.vtk import write_pvd
+
+    written = []
+    scans_dir, out_dir = Path(scans_dir), Path(out_dir)
+    for p in sorted({r["patient"] for r in rows}):
+        months = sorted(int(r["month"]) for r in rows if r["patient"] == p)
+        for case in F.CURVE_CASES:
+            entries = [(m, scans_dir / f"{p}_m{m}" / f"{case}.vtu") for m in months]
+            entries = [(m, f) for m, f in entries if f.is_file()]
+            if entries:
+                written.append(write_pvd(out_dir / "patients" / f"{p}_{case}.pvd", entries))
+    return written
+
+
+def write_report(rows, out_dir, notes=(), figures: bool = True, scans_dir=None,
+                 config: dict | None = None, baseline_month: int | None = None) -> dict:
+    """Write the study report for a study's result rows.
 
     Parameters
     ----------
@@ -208,34 +295,58 @@ def write_report(rows, out_dir, notes=(), figures: bool = True) -> dict:
         ``results.csv`` rows (from :func:`fesim.study.cohort.run_cohort` or
         :func:`fesim.study.cohort.load_results_csv`).
     out_dir : path
-        Folder to write into (created).
+        Folder to write into (created): ``report.html``, ``summary.md``, ``stats.json``,
+        ``stats.csv``, ``figures/*.png``, ``patients/*.pvd``.
     notes : sequence of str
         Remarks quoted at the top of the report (e.g. that the cohort is synthetic).
     figures : bool
-        Draw the PNG figures (needs matplotlib).
+        Draw the figures.
+    scans_dir : path, optional
+        The study's ``scans`` folder: force-displacement curves and VTU files are read from it
+        (default ``out_dir/scans``; skipped when absent).
+    config : dict, optional
+        ``{"options": run options, "backend": ..., "workers": ...}`` for the methods paragraph.
+    baseline_month : int, optional
+        Default: the first visit.
 
     Returns
     -------
     dict
         The statistics written to ``stats.json``.
     """
-    rows = [r for r in rows if r.get(POS) not in (None, "")]
+    rows = [r for r in rows if r.get(POS) not in (None, "") or r.get("compression_strength_N")
+            not in (None, "")]
     if not rows:
-        raise InputError("no successful scans to report on (see failures.json of the cohort run)")
+        raise InputError("no successful scans to report on (see failures.json of the study run)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    st = cohort_statistics(rows)
+    scans_dir = Path(scans_dir) if scans_dir is not None else out_dir / "scans"
+    st = cohort_statistics(rows, baseline_month)
+    table = stats_table(st)
+    prim = primary_rows(rows)
     figs = []
     if figures:
-        _scatter_figure(st, rows, "vbmd_screw_mg_cm3", "screw-region vBMD (mg/cm$^3$)",
-                        out_dir / FIGURES["pos_vbmd"])
-        figs.append(("Pullout strength vs screw-region vBMD", FIGURES["pos_vbmd"]))
-        if _abmd_keys(st):
-            a = _abmd_keys(st)[0]
-            _scatter_figure(st, rows, a, f"{_ABMD_LABEL[a]} (g/cm$^2$)", out_dir / FIGURES["pos_abmd"])
-            figs.append((f"Pullout strength vs {_ABMD_LABEL[a]}", FIGURES["pos_abmd"]))
-        _trajectory_figure(st, rows, out_dir / FIGURES["trajectories"])
-        figs.append(("Per-patient trajectories", FIGURES["trajectories"]))
-    atomic_write_text(out_dir / "summary.md", _markdown(rows, st, list(notes), figs))
+        for y, x in _scatter_pairs(st):
+            figs.append((f"{MEASURES[y][0]} vs {MEASURES[x][0]} per visit (least-squares line, "
+                         "Pearson r [95 % CI])", f"fig_{y.split('_')[0]}_vs_{x}.png",
+                         F.scatter(st, prim, y, x)))
+        keys = [k for k in (*STRENGTHS, "vbmd_screw_mg_cm3", *ABMD_KEYS) if k in st["measures"]][:4]
+        figs.append(("Per-patient trajectories with the visit mean ± 95 % CI", FIGURES["spaghetti"],
+                     F.spaghetti(st, prim, keys)))
+        curves = F.load_curves(scans_dir, prim) if scans_dir.is_dir() else {}
+        for case, key in (("pullout", "curves_pullout"), ("compression", "curves_compression")):
+            png = F.curves(curves, case)
+            if png is not None:
+                figs.append((f"Force-displacement curves per patient, {case}"
+                             + (" (left screw solid, right dashed)" if case == "pullout" else "")
+                             + ", one colour per visit", FIGURES[key], png))
+        for _, name, png in figs:
+            atomic_write_bytes(out_dir / "figures" / name, png)
+    if scans_dir.is_dir():
+        write_patient_pvds(prim, scans_dir, out_dir)
+    blocks = _blocks(rows, st, table, list(notes), config or {}, figs)
+    atomic_write_text(out_dir / "summary.md", _markdown(blocks))
+    atomic_write_text(out_dir / "report.html", _html(blocks, {n: png for _, n, png in figs}))
+    atomic_write_text(out_dir / "stats.csv", _stats_csv(table))
     atomic_write_json(out_dir / "stats.json", json.loads(json.dumps(st, allow_nan=False)))
     return st

@@ -1,41 +1,28 @@
-"""Cohort statistics: correlations, regression, changes from baseline, dependent correlations.
+"""Statistical tests of a cohort study: correlations, dependent correlations, changes, mixed model.
 
-All functions drop pairs with a missing value (None or NaN) and return NaN together with a
-``note`` instead of raising when there are too few observations (n < 3) or no variance.
+The tests come from scipy and statsmodels; only what neither provides is written here (the
+Spearman CI of Bonett & Wright, the dependent-correlation tests of Steiger and of Meng,
+Rosenthal & Rubin, the precision figures of Glüer et al.). All functions drop pairs with a
+missing value (None or NaN) and return NaN together with a ``note`` instead of raising when
+there are too few observations or no variance. Aggregation over a study's rows is in
+:mod:`fesim.study.tables`.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from scipy import stats as sps
 
-#: Measures summarised per time point, with display labels and units.
-MEASURES = {
-    "pullout_strength_N": ("Pullout strength", "N"),
-    "pullout_stiffness_N_per_mm": ("Pullout stiffness", "N/mm"),
-    "compression_strength_N": ("Compression strength", "N"),
-    "compression_stiffness_N_per_mm": ("Compression stiffness", "N/mm"),
-    "vbmd_screw_mg_cm3": ("Screw-region vBMD", "mg/cm^3"),
-    "vbmd_trabecular_mg_cm3": ("Trabecular vBMD", "mg/cm^3"),
-    "abmd_g_cm2": ("QCT-derived aBMD", "g/cm^2"),
-    "dxa_abmd_g_cm2": ("DXA aBMD", "g/cm^2"),
-}
-POS = "pullout_strength_N"
-#: (y, x) pairs correlated at every time point.
-CORRELATION_PAIRS = (
-    (POS, "vbmd_screw_mg_cm3"), (POS, "vbmd_trabecular_mg_cm3"), (POS, "abmd_g_cm2"),
-    (POS, "dxa_abmd_g_cm2"), ("compression_strength_N", "vbmd_trabecular_mg_cm3"),
-)
 NAN = float("nan")
 
 
 @dataclass
 class Correlation:
-    """Pearson r with two-sided p and Fisher-z confidence interval, plus Spearman rho."""
+    """Pearson r (two-sided p, Fisher-z CI) and Spearman rho (p, Bonett-Wright CI)."""
 
     n: int
     r: float = NAN
@@ -44,6 +31,8 @@ class Correlation:
     ci_high: float = NAN
     rho: float = NAN
     p_rho: float = NAN
+    rho_ci_low: float = NAN
+    rho_ci_high: float = NAN
     note: str = ""
 
 
@@ -62,11 +51,20 @@ class Regression:
 
 @dataclass
 class Change:
-    """Per-patient % change from baseline: mean, SD, paired t-test and Wilcoxon p."""
+    """Per-patient change from baseline, absolute (units of the measure) and in %.
+
+    Mean, SD and t-based 95 % CI of each; paired t-test and Wilcoxon signed-rank p.
+    """
 
     n: int
+    mean_abs: float = NAN
+    sd_abs: float = NAN
+    ci_abs_low: float = NAN
+    ci_abs_high: float = NAN
     mean_pct: float = NAN
     sd_pct: float = NAN
+    ci_pct_low: float = NAN
+    ci_pct_high: float = NAN
     p_ttest: float = NAN
     p_wilcoxon: float = NAN
     note: str = ""
@@ -74,9 +72,10 @@ class Change:
 
 @dataclass
 class DependentCorrelationTest:
-    """Meng, Rosenthal & Rubin (1992) z-test of r(y, x1) vs r(y, x2) on the same subjects.
+    """Test of r(y, x1) = r(y, x2) on the same subjects (two correlations sharing y).
 
-    ``ci_low``/``ci_high`` bound the difference of Fisher z values, ``z(r1) - z(r2)``.
+    ``z``/``p``: Meng, Rosenthal & Rubin (1992), with ``ci_low``/``ci_high`` bounding the
+    difference of Fisher z values ``z(r1) - z(r2)``; ``z_steiger``/``p_steiger``: Steiger (1980).
     """
 
     n: int
@@ -87,13 +86,74 @@ class DependentCorrelationTest:
     p: float = NAN
     ci_low: float = NAN
     ci_high: float = NAN
+    z_steiger: float = NAN
+    p_steiger: float = NAN
+    note: str = ""
+
+
+@dataclass
+class MixedModelChange:
+    """Change from baseline per visit from a linear mixed model (random intercept per patient).
+
+    ``visits[month]`` holds ``estimate`` (units of the measure), ``se``, ``ci_low``,
+    ``ci_high``, ``p`` and ``pct`` (estimate / baseline mean x 100).
+    """
+
+    n_obs: int
+    n_patients: int
+    baseline_mean: float = NAN
+    visits: dict = field(default_factory=dict)
+    group_var: float = NAN
+    residual_var: float = NAN
+    converged: bool = False
+    method: str = "REML"
+    note: str = ""
+
+
+@dataclass
+class ArmComparison:
+    """Two arms' values compared: Welch t-test (difference a - b with CI) and Mann-Whitney U."""
+
+    arm_a: str
+    arm_b: str
+    n_a: int
+    n_b: int
+    mean_a: float = NAN
+    mean_b: float = NAN
+    difference: float = NAN
+    ci_low: float = NAN
+    ci_high: float = NAN
+    p_welch: float = NAN
+    p_mannwhitney: float = NAN
+    note: str = ""
+
+
+@dataclass
+class Precision:
+    """Short-term precision from repeat scans (Glüer et al. 1995): root-mean-square SD and CV.
+
+    ``lsc`` is the least significant change at 95 % confidence, 2.77 x RMS-SD.
+    """
+
+    n_subjects: int
+    n_scans: int
+    rms_sd: float = NAN
+    rms_cv_pct: float = NAN
+    lsc: float = NAN
+    lsc_pct: float = NAN
     note: str = ""
 
 
 def as_dict(obj) -> dict:
-    """A result dataclass as a JSON-friendly dict (NaN -> None)."""
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v)
-            for k, v in asdict(obj).items()}
+    """A result dataclass as a JSON-friendly dict (NaN -> None, also in nested dicts)."""
+    def clean(v):
+        if isinstance(v, float) and math.isnan(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        return v
+
+    return {k: clean(v) for k, v in asdict(obj).items()}
 
 
 def _to_float(values) -> np.ndarray:
@@ -128,8 +188,19 @@ def fisher_ci(r: float, n: int, level: float = 0.95) -> tuple[float, float]:
     return math.tanh(z - half), math.tanh(z + half)
 
 
+def spearman_ci(rho: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """CI of Spearman's rho (Bonett & Wright 2000): Fisher z with variance ``(1 + rho^2/2)/(n-3)``."""
+    if n <= 3 or not np.isfinite(rho):
+        return NAN, NAN
+    if abs(rho) >= 1.0:
+        return float(rho), float(rho)
+    half = sps.norm.ppf(0.5 + level / 2) * math.sqrt((1.0 + rho * rho / 2.0) / (n - 3))
+    z = math.atanh(rho)
+    return math.tanh(z - half), math.tanh(z + half)
+
+
 def correlation(x, y, level: float = 0.95) -> Correlation:
-    """Pearson r (p, Fisher-z CI) and Spearman rho (p) of paired samples."""
+    """Pearson r (p, Fisher-z CI from scipy) and Spearman rho (p, CI) of paired samples."""
     x, y = paired(x, y)
     out = Correlation(n=int(x.size))
     out.note = _degenerate(x, y)
@@ -141,14 +212,17 @@ def correlation(x, y, level: float = 0.95) -> Correlation:
         sr = sps.spearmanr(x, y)
     out.r, out.p = float(pr.statistic), float(pr.pvalue)
     out.rho, out.p_rho = float(sr.statistic), float(sr.pvalue)
-    out.ci_low, out.ci_high = fisher_ci(out.r, out.n, level)
-    if out.n == 3:
+    if out.n > 3:
+        ci = pr.confidence_interval(level)
+        out.ci_low, out.ci_high = float(ci.low), float(ci.high)
+        out.rho_ci_low, out.rho_ci_high = spearman_ci(out.rho, out.n, level)
+    else:
         out.note = "n=3: no confidence interval"
     return out
 
 
 def regression(x, y) -> Regression:
-    """Ordinary least-squares fit of ``y`` on ``x``."""
+    """Ordinary least-squares fit of ``y`` on ``x`` (scipy ``linregress``)."""
     x, y = paired(x, y)
     out = Regression(n=int(x.size))
     if x.size < 3:
@@ -166,31 +240,53 @@ def regression(x, y) -> Regression:
     return out
 
 
-def percent_change(baseline, follow_up) -> Change:
-    """% change ``100 (follow_up - baseline) / baseline`` per subject, with paired tests.
+def change_from_baseline(baseline, follow_up, level: float = 0.95) -> Change:
+    """Change ``follow_up - baseline`` per subject, absolute and in % of baseline.
 
-    The paired t-test and the Wilcoxon signed-rank test compare follow-up with baseline
-    values (two-sided).
+    CIs are t-based (scipy ``ttest_rel`` / ``ttest_1samp`` ``confidence_interval``); the paired
+    t-test and Wilcoxon signed-rank test compare follow-up with baseline (two-sided).
     """
     b, f = paired(baseline, follow_up)
     out = Change(n=int(b.size))
     if b.size < 3:
         out.note = f"n={b.size} < 3"
         return out
-    if np.any(b == 0):
-        out.note = "zero baseline value"
-        return out
-    pct = 100.0 * (f - b) / b
-    out.mean_pct, out.sd_pct = float(pct.mean()), float(pct.std(ddof=1))
     d = f - b
-    if np.all(d == 0):
-        out.note = "no change in any subject"
+    out.mean_abs, out.sd_abs = float(d.mean()), float(d.std(ddof=1))
+    if np.all(b != 0):
+        pct = 100.0 * d / b
+        out.mean_pct, out.sd_pct = float(pct.mean()), float(pct.std(ddof=1))
+    else:
+        out.note = "zero baseline value: no % change"
+    if np.all(d == d[0]):
+        out.note = out.note or "the same change in every subject"
         return out
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out.p_ttest = float(sps.ttest_rel(f, b).pvalue)
-        out.p_wilcoxon = float(sps.wilcoxon(f, b).pvalue)
+        t = sps.ttest_rel(f, b)
+        out.p_ttest = float(t.pvalue)
+        ci = t.confidence_interval(level)
+        out.ci_abs_low, out.ci_abs_high = float(ci.low), float(ci.high)
+        if np.isfinite(out.mean_pct):
+            ci = sps.ttest_1samp(pct, 0.0).confidence_interval(level)
+            out.ci_pct_low, out.ci_pct_high = float(ci.low), float(ci.high)
+        out.p_wilcoxon = float(sps.wilcoxon(f, b).pvalue) if np.any(d != 0) else NAN
     return out
+
+
+def percent_change(baseline, follow_up) -> Change:
+    """Alias of :func:`change_from_baseline` (kept for existing callers)."""
+    return change_from_baseline(baseline, follow_up)
+
+
+def _check_three(r1, r2, r12, n) -> str:
+    if n <= 3:
+        return f"n={n} <= 3"
+    if not all(np.isfinite([r1, r2, r12])):
+        return "undefined correlation"
+    if max(abs(r1), abs(r2)) >= 1.0 or abs(r12) >= 1.0:
+        return "|r| = 1"
+    return ""
 
 
 def meng_test(r1: float, r2: float, r12: float, n: int, level: float = 0.95) -> DependentCorrelationTest:
@@ -203,17 +299,11 @@ def meng_test(r1: float, r2: float, r12: float, n: int, level: float = 0.95) -> 
         f = min(1, (1 - r12) / (2 (1 - rbar2))),  h = (1 - f rbar2) / (1 - rbar2),
         Z = (z_1 - z_2) sqrt((n - 3) / (2 (1 - r12) h)).
 
-    Returns the two-sided p and a CI of ``z_1 - z_2``.
+    Returns the two-sided p and a CI of ``z_1 - z_2``; Steiger's Z is filled in too.
     """
     out = DependentCorrelationTest(n=int(n), r1=float(r1), r2=float(r2), r12=float(r12))
-    if n <= 3:
-        out.note = f"n={n} <= 3"
-        return out
-    if not all(np.isfinite([r1, r2, r12])):
-        out.note = "undefined correlation"
-        return out
-    if max(abs(r1), abs(r2)) >= 1.0 or r12 >= 1.0:
-        out.note = "|r| = 1"
+    out.note = _check_three(r1, r2, r12, n)
+    if out.note:
         return out
     rbar2 = (r1 * r1 + r2 * r2) / 2.0
     f = min(1.0, (1.0 - r12) / (2.0 * (1.0 - rbar2)))
@@ -224,11 +314,34 @@ def meng_test(r1: float, r2: float, r12: float, n: int, level: float = 0.95) -> 
     out.p = float(2.0 * sps.norm.sf(abs(out.z)))
     half = sps.norm.ppf(0.5 + level / 2) * se
     out.ci_low, out.ci_high = dz - half, dz + half
+    out.z_steiger, out.p_steiger = steiger_z(r1, r2, r12, n)
     return out
 
 
+def steiger_z(r1: float, r2: float, r12: float, n: int) -> tuple[float, float]:
+    """Steiger's (1980) Z of two dependent correlations r(y, x1), r(y, x2) sharing ``y``.
+
+    Fisher-z difference over its asymptotic SD, with the covariance of the two correlations
+    (Pearson & Filon) evaluated at the pooled ``rbar = (r1 + r2) / 2`` (Steiger's eq. 14-15)::
+
+        psi = r12 (1 - 2 rbar^2) - rbar^2 (1 - 2 rbar^2 - r12^2) / 2,  s = psi / (1 - rbar^2)^2,
+        Z = (atanh r1 - atanh r2) sqrt(n - 3) / sqrt(2 - 2 s).
+
+    Returns ``(Z, two-sided p)``; NaN for n <= 3 or |r| = 1.
+    """
+    if _check_three(r1, r2, r12, n):
+        return NAN, NAN
+    rb = (r1 + r2) / 2.0
+    psi = r12 * (1.0 - 2.0 * rb * rb) - 0.5 * rb * rb * (1.0 - 2.0 * rb * rb - r12 * r12)
+    s = psi / (1.0 - rb * rb) ** 2
+    if s >= 1.0:  # only for r1, r2, r12 that are not a valid (positive definite) correlation matrix
+        return NAN, NAN
+    z = (math.atanh(r1) - math.atanh(r2)) * math.sqrt(n - 3) / math.sqrt(2.0 - 2.0 * s)
+    return float(z), float(2.0 * sps.norm.sf(abs(z)))
+
+
 def compare_dependent(y, x1, x2) -> DependentCorrelationTest:
-    """Meng test of r(y, x1) vs r(y, x2) on the subjects having all three values."""
+    """Meng's and Steiger's tests of r(y, x1) vs r(y, x2) on the subjects having all three."""
     y, x1, x2 = _to_float(y), _to_float(x1), _to_float(x2)
     ok = np.isfinite(y) & np.isfinite(x1) & np.isfinite(x2)
     y, x1, x2 = y[ok], x1[ok], x2[ok]
@@ -239,51 +352,125 @@ def compare_dependent(y, x1, x2) -> DependentCorrelationTest:
     return meng_test(c[0, 1], c[0, 2], c[1, 2], int(y.size))
 
 
-def describe(values) -> dict:
-    """n, mean and SD (ddof=1) of the finite values."""
+def mixed_model_change(patients, months, values, baseline_month: int = 0,
+                       level: float = 0.95) -> MixedModelChange:
+    """Linear mixed model ``value ~ C(month)`` with a random intercept per patient (REML).
+
+    Fitted with statsmodels ``MixedLM``; the coefficient of each follow-up month is the
+    model-estimated change from ``baseline_month``. Patients missing a visit still contribute
+    their other visits.
+    """
+    import pandas as pd
+    import statsmodels.formula.api as smf
+    from statsmodels.tools.sm_exceptions import ConvergenceWarning
+
+    v = _to_float(values)
+    ok = np.isfinite(v)
+    df = pd.DataFrame({"patient": np.asarray(patients, dtype=object)[ok],
+                       "month": np.asarray(months, dtype=int)[ok], "y": v[ok]})
+    out = MixedModelChange(n_obs=len(df), n_patients=int(df["patient"].nunique()))
+    visits = sorted(df["month"].unique())
+    if baseline_month not in visits or len(visits) < 2:
+        out.note = "needs the baseline and at least one follow-up visit"
+        return out
+    if out.n_patients < 3 or out.n_obs <= out.n_patients + len(visits):
+        out.note = f"too few observations ({out.n_obs} from {out.n_patients} patients)"
+        return out
+    if np.ptp(df["y"].to_numpy()) == 0:
+        out.note = "no variance"
+        return out
+    formula = f"y ~ C(month, Treatment(reference={int(baseline_month)}))"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit = smf.mixedlm(formula, df, groups=df["patient"]).fit(reml=True)
+    conv = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+    ci = fit.conf_int(alpha=1.0 - level)
+    out.baseline_mean = float(fit.fe_params["Intercept"])
+    for m in visits:
+        if m == baseline_month:
+            continue
+        name = f"C(month, Treatment(reference={int(baseline_month)}))[T.{m}]"
+        est = float(fit.fe_params[name])
+        out.visits[int(m)] = {"estimate": est, "se": float(fit.bse_fe[name]),
+                              "ci_low": float(ci.loc[name, 0]), "ci_high": float(ci.loc[name, 1]),
+                              "p": float(fit.pvalues[name]),
+                              "pct": 100.0 * est / out.baseline_mean if out.baseline_mean else NAN}
+    out.group_var = float(fit.cov_re.iloc[0, 0])
+    out.residual_var = float(fit.scale)
+    out.converged = bool(fit.converged) and not conv
+    if not out.converged:
+        out.note = "; ".join(sorted({str(w.message) for w in conv})) or "did not converge"
+    return out
+
+
+def compare_arms(values_a, values_b, arm_a: str = "A", arm_b: str = "B",
+                 level: float = 0.95) -> ArmComparison:
+    """Welch's t-test (difference of means a - b, CI) and Mann-Whitney U of two arms."""
+    a, b = _to_float(values_a), _to_float(values_b)
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    out = ArmComparison(arm_a, arm_b, int(a.size), int(b.size))
+    if a.size < 2 or b.size < 2:
+        out.note = "fewer than 2 subjects in an arm"
+        return out
+    out.mean_a, out.mean_b = float(a.mean()), float(b.mean())
+    out.difference = out.mean_a - out.mean_b
+    if np.ptp(np.concatenate([a, b])) == 0:
+        out.note = "no variance"
+        return out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = sps.ttest_ind(a, b, equal_var=False)
+        ci = t.confidence_interval(level)
+        out.p_welch = float(t.pvalue)
+        out.ci_low, out.ci_high = float(ci.low), float(ci.high)
+        out.p_mannwhitney = float(sps.mannwhitneyu(a, b, alternative="two-sided").pvalue)
+    return out
+
+
+def precision(groups) -> Precision:
+    """Precision from repeat scans: ``groups`` is a list of per-subject value lists (>= 2 each).
+
+    RMS-SD ``sqrt(sum(d_j SD_j^2) / sum(d_j))`` over subjects (d_j = degrees of freedom
+    ``n_j - 1``), RMS-CV the same of ``SD_j / mean_j`` in %, LSC = 2.77 RMS-SD (Glüer et al.
+    1995, Osteoporos Int 5:262).
+    """
+    vals = [_to_float(g) for g in groups]
+    vals = [g[np.isfinite(g)] for g in vals]
+    vals = [g for g in vals if g.size >= 2]
+    out = Precision(n_subjects=len(vals), n_scans=int(sum(g.size for g in vals)))
+    if not vals:
+        out.note = "no subject with repeat scans"
+        return out
+    dof = np.array([g.size - 1 for g in vals], dtype=float)
+    var = np.array([g.var(ddof=1) for g in vals])
+    mean = np.array([g.mean() for g in vals])
+    out.rms_sd = float(math.sqrt((dof * var).sum() / dof.sum()))
+    if np.all(mean != 0):
+        out.rms_cv_pct = float(100.0 * math.sqrt((dof * var / mean ** 2).sum() / dof.sum()))
+        out.lsc_pct = 2.77 * out.rms_cv_pct
+    out.lsc = 2.77 * out.rms_sd
+    return out
+
+
+def holm(pvalues) -> list[float]:
+    """Holm-adjusted p-values (statsmodels ``multipletests``); NaN entries stay NaN."""
+    from statsmodels.stats.multitest import multipletests
+
+    p = _to_float(pvalues)
+    out = np.full(p.size, NAN)
+    ok = np.isfinite(p)
+    if ok.any():
+        out[ok] = multipletests(p[ok], method="holm")[1]
+    return [float(v) for v in out]
+
+
+def describe(values, level: float = 0.95) -> dict:
+    """n, mean, SD (ddof=1) and t-based CI of the mean of the finite values."""
     v = _to_float(values)
     v = v[np.isfinite(v)]
-    return {"n": int(v.size), "mean": float(v.mean()) if v.size else None,
-            "sd": float(v.std(ddof=1)) if v.size > 1 else None}
-
-
-def _column(rows, key):
-    return [r.get(key) for r in rows]
-
-
-def cohort_statistics(rows, baseline_month: int | None = None) -> dict:
-    """All study statistics of a list of ``results.csv`` rows (JSON-serialisable).
-
-    Returns a dict with ``n_patients``, ``months``, ``measures`` (present measure keys),
-    ``descriptive[month][measure]``, ``changes[month][measure]`` (vs the first month),
-    ``correlations[month]["y|x"]``, ``regressions`` (same keys) and
-    ``dependent[month]`` (r(POS, screw vBMD) vs r(POS, aBMD) for each aBMD source).
-    """
-    months = sorted({int(r["month"]) for r in rows})
-    base = months[0] if baseline_month is None and months else baseline_month
-    present = [m for m in MEASURES if any(r.get(m) not in (None, "") for r in rows)]
-    by_month = {m: [r for r in rows if int(r["month"]) == m] for m in months}
-    out = {"n_patients": len({r["patient"] for r in rows}), "n_scans": len(rows),
-           "months": months, "baseline_month": base, "measures": present,
-           "descriptive": {}, "changes": {}, "correlations": {}, "regressions": {},
-           "dependent": {}}
-    base_rows = {r["patient"]: r for r in by_month.get(base, [])}
-    for m in months:
-        mr = by_month[m]
-        out["descriptive"][m] = {k: describe(_column(mr, k)) for k in present}
-        if m != base:
-            both = [(base_rows[r["patient"]], r) for r in mr if r["patient"] in base_rows]
-            out["changes"][m] = {k: as_dict(percent_change([b.get(k) for b, _ in both],
-                                                           [f.get(k) for _, f in both]))
-                                 for k in present}
-        pairs = [(y, x) for y, x in CORRELATION_PAIRS if y in present and x in present]
-        out["correlations"][m] = {f"{y}|{x}": as_dict(correlation(_column(mr, x), _column(mr, y)))
-                                  for y, x in pairs}
-        out["regressions"][m] = {f"{y}|{x}": as_dict(regression(_column(mr, x), _column(mr, y)))
-                                 for y, x in pairs}
-        out["dependent"][m] = {
-            a: as_dict(compare_dependent(_column(mr, POS), _column(mr, "vbmd_screw_mg_cm3"),
-                                         _column(mr, a)))
-            for a in ("dxa_abmd_g_cm2", "abmd_g_cm2")
-            if a in present and POS in present and "vbmd_screw_mg_cm3" in present}
+    out = {"n": int(v.size), "mean": float(v.mean()) if v.size else None,
+           "sd": float(v.std(ddof=1)) if v.size > 1 else None, "ci_low": None, "ci_high": None}
+    if v.size > 1 and np.ptp(v) > 0:
+        ci = sps.ttest_1samp(v, 0.0).confidence_interval(level)
+        out["ci_low"], out["ci_high"] = float(ci.low), float(ci.high)
     return out
