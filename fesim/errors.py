@@ -27,8 +27,8 @@ class ManifestError(InputError):
             super().__init__(str(source))
             return
         self.problems = list(problems)
-        super().__init__(f"{source}: {len(self.problems)} problem(s):\n  - "
-                         + "\n  - ".join(self.problems))
+        # one line, every problem in it: the CLI reports an error in one line
+        super().__init__(f"{source}: {len(self.problems)} problem(s): " + "; ".join(self.problems))
 
 
 class NiftiError(InputError):

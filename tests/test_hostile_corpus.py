@@ -348,7 +348,7 @@ def c_manifest_columns(base, tmp):
 
 
 def c_manifest_duplicate(base, tmp):
-    return _manifest(tmp, "patient,month,path\nP1,0,a.nii.gz\nP1,0,a.nii.gz\n"), "P1_m0"
+    return _manifest(tmp, "patient,month,path\nP1,0,a.nii.gz\nP1,0,a.nii.gz\n"), "line 3 (P1)"
 
 
 def c_manifest_outside(base, tmp):
@@ -365,7 +365,7 @@ def c_manifest_missing_scan(base, tmp):
 
 
 def c_manifest_empty(base, tmp):
-    return _manifest(tmp, "patient,month,path\n"), "no scans"
+    return _manifest(tmp, "patient,month,path\n"), "no rows"
 
 
 # --- model stages (through the CLI) ------------------------------------------------------
@@ -439,12 +439,12 @@ CASES = {
     "manifest_nul": (c_manifest_nul, E.ManifestError, r"NUL bytes"),
     "manifest_not_utf8": (c_manifest_latin1, E.ManifestError, r"not UTF-8"),
     "manifest_bad_quote": (c_manifest_quote, E.ManifestError, r"malformed CSV"),
-    "manifest_missing_column": (c_manifest_columns, E.ManifestError, r"lacks column"),
-    "manifest_duplicate_rows": (c_manifest_duplicate, E.InputError, r"duplicate patient/month"),
+    "manifest_missing_column": (c_manifest_columns, E.ManifestError, r"missing column\(s\): month"),
+    "manifest_duplicate_rows": (c_manifest_duplicate, E.InputError, r"duplicate visit month 0"),
     "manifest_path_outside": (c_manifest_outside, E.ManifestError, r"outside the study folder"),
     "manifest_escaping_id": (c_manifest_escape_id, E.InputError, r"patient ID"),
-    "manifest_missing_scan": (c_manifest_missing_scan, E.InputError, r"not found"),
-    "manifest_empty": (c_manifest_empty, E.InputError, r"no scans"),
+    "manifest_missing_scan": (c_manifest_missing_scan, E.InputError, r"scan not found: b.nii.gz"),
+    "manifest_empty": (c_manifest_empty, E.InputError, r"no rows"),
     "option_zero_screw_direction": (c_zero_direction, E.OptionError, r"zero vector"),
     "option_nan_mesh_size": (c_nan_mesh_size, E.OptionError, r"positive number"),
     "stage_screw_outside_bone": (c_screw_outside, E.ScrewPlanError, r"."),
