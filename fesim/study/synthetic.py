@@ -6,7 +6,7 @@ draw (``phantom_seed``, fixed per patient because anatomy does not change betwee
 and a simulated DXA areal BMD for the same visit.
 
 Simulation model (all numbers are *assumptions* chosen to resemble published effect sizes,
-see ``/work/shared/reference/domain.md`` section 6; nothing here is a result):
+see the denosumab entries of ``docs/references.md``; nothing here is a result):
 
 * Baseline trabecular density: ``density_scale ~ N(0.65, 0.10)`` clipped to [0.45, 0.90] of
   the phantom default (140 mg/cm^3), i.e. about 65-125 mg/cm^3, mean ~90: osteoporotic to
@@ -34,7 +34,7 @@ import numpy as np
 from fesim.errors import InputError
 
 #: Mean DXA lumbar-spine aBMD change from baseline (%) under denosumab 60 mg / 6 months
-#: (FREEDOM; domain.md section 6). Linear in between, last slope beyond 36 months.
+#: (FREEDOM, docs/references.md). Linear in between, last slope beyond 36 months.
 DXA_GAIN_MONTHS = np.array([0.0, 12.0, 24.0, 36.0])
 DXA_GAIN_PERCENT = np.array([0.0, 5.7, 7.8, 9.8])
 
