@@ -477,12 +477,18 @@ def test_corpus_case(name, base, tmp_path, capsys, monkeypatch):
     assert str(info.value) in lines[0]
 
 
+_PEAK_AT_IMPORT_KB = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def test_corpus_size_and_memory():
     assert len(CASES) >= 40
     kinds = {n.split("_")[0] for n in CASES}
     assert kinds >= {"dicom", "nifti", "labels", "manifest", "option", "stage"}
-    # nothing in the corpus allocated the gigabytes that the absurd headers ask for
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 4 * 1024 * 1024  # KB
+    # nothing in the corpus allocated the gigabytes that the absurd headers ask for: the peak
+    # resident size grew by < 2 GB while the corpus ran (earlier tests in the same process may
+    # already have set a higher peak, which only makes this bound looser, never flaky)
+    grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - _PEAK_AT_IMPORT_KB
+    assert grown_kb < 2 * 1024 * 1024
 
 
 # --- model stages below the CLI ----------------------------------------------------------
