@@ -198,7 +198,7 @@ def _face_pixels(tri_uv: np.ndarray, fp_origin: np.ndarray, cell: float, shape) 
     with np.errstate(divide="ignore", invalid="ignore"):
         l1 = (v2[:, 0] * v1[:, 1] - v2[:, 1] * v1[:, 0]) / den
         l2 = (v0[:, 0] * v2[:, 1] - v0[:, 1] * v2[:, 0]) / den
-    l0 = 1.0 - l1 - l2
+        l0 = 1.0 - l1 - l2  # NaN for faces seen edge-on (den = 0): dropped below
     eps = -1e-9
     inside = (np.abs(den) > 1e-14) & (l0 >= eps) & (l1 >= eps) & (l2 >= eps)
     return face[inside], ij[inside], np.column_stack([l0, l1, l2])[inside]
