@@ -13,8 +13,14 @@ from fesim.errors import ResourceError
 
 
 def available_memory_bytes() -> int:
-    """Bytes that a run may use: MemAvailable (Linux), or 8 GiB when unknown, capped by
-    ``FESIM_MEMORY_LIMIT_GB``."""
+    """Bytes that a run may use: MemAvailable (Linux), else the physical memory, capped by
+    ``FESIM_MEMORY_LIMIT_GB``.
+
+    Raises
+    ------
+    ResourceError
+        ``FESIM_MEMORY_LIMIT_GB`` is set but is not a positive number of GB.
+    """
     avail = None
     try:
         with open("/proc/meminfo", encoding="ascii") as fh:
@@ -22,16 +28,19 @@ def available_memory_bytes() -> int:
                 if line.startswith("MemAvailable:"):
                     avail = int(line.split()[1]) * 1024
                     break
-    except (OSError, ValueError):
-        pass
+    except (OSError, ValueError):  # not Linux, or an unreadable /proc: ask the OS below
+        avail = None
     if avail is None:
-        avail = 8 << 30
+        avail = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     cap = os.environ.get("FESIM_MEMORY_LIMIT_GB")
     if cap:
         try:
-            avail = min(avail, int(float(cap) * (1 << 30)))
+            gb = float(cap)
         except ValueError:
-            pass
+            gb = float("nan")
+        if not gb > 0:
+            raise ResourceError(f"FESIM_MEMORY_LIMIT_GB={cap!r} is not a positive number of GB")
+        avail = min(avail, int(gb * (1 << 30)))
     return avail
 
 

@@ -537,3 +537,14 @@ def test_stage_empty_mask():
     vol = Volume(np.zeros((30, 30, 30), np.float32), (1.0, 1.0, 1.0), np.zeros(3), np.eye(3), {})
     with pytest.raises(E.SegmentationError):
         segment_vertebra(vol)
+
+
+def test_memory_limit_variable_is_checked(monkeypatch):
+    from fesim.resources import available_memory_bytes
+
+    monkeypatch.setenv("FESIM_MEMORY_LIMIT_GB", "1.5")
+    assert available_memory_bytes() <= int(1.5 * (1 << 30))
+    for bad in ("lots", "0", "-2", "nan"):
+        monkeypatch.setenv("FESIM_MEMORY_LIMIT_GB", bad)
+        with pytest.raises(E.ResourceError, match="FESIM_MEMORY_LIMIT_GB"):
+            available_memory_bytes()

@@ -165,12 +165,6 @@ def find_supports(mesh: TetMesh, frame: BodyFrame) -> EndplateSupports:
                              face_extra=extra)
 
 
-def endplate_nodes(mesh: TetMesh, frame: BodyFrame):
-    """``(lower, upper)`` support node ids of :func:`find_supports`."""
-    sup = frame.supports(mesh)
-    return sup.lower, sup.upper
-
-
 def screw_head_nodes(mesh: TetMesh, screw: ScrewPlan, s: int, head_mm: float | None = None) -> np.ndarray:
     """Nodes of screw ``s`` (not shared with bone) within ``head_mm`` of its head end.
 

@@ -285,7 +285,7 @@ def _projected_area(points, faces, axis) -> float:
 def endplate_supports(points: np.ndarray, faces: np.ndarray, owner_kind: np.ndarray, frame: dict,
                       footprint: Footprint, caps: bool = False, cap_footprints=None,
                       band_mm: float = DEFAULT_BAND_MM, end_percentile: float = 90.0,
-                      bone_nodes: np.ndarray | None = None, check: bool = True,
+                      bone_nodes: np.ndarray | None = None,
                       face_extra: np.ndarray | None = None) -> EndplateSupports:
     """Support node sets at the caudal and cranial ends of the vertebral body.
 
@@ -302,7 +302,6 @@ def endplate_supports(points: np.ndarray, faces: np.ndarray, owner_kind: np.ndar
     band_mm : depth of the band below the end level (module docstring)
     end_percentile : percentile of the visible heights taken as the end level
     bone_nodes : node ids of bone elements; with caps, these never support
-    check : refuse implausible sets (:func:`check_audit`)
     face_extra : (F, k) further nodes on each face (tet10 mid-edge nodes, a hex quad's fourth
         corner): held with the face's corners, or the face would be held at its corners only
 
@@ -349,8 +348,7 @@ def endplate_supports(points: np.ndarray, faces: np.ndarray, owner_kind: np.ndar
                          axial_min_mm=float(s[nodes].min()) if nodes.size else float("nan"),
                          axial_max_mm=float(s[nodes].max()) if nodes.size else float("nan"),
                          end_level_mm=level, band_mm=band_mm, on="caps" if caps else "bone", tilt_deg=tilt)
-        if check:
-            check_audit(a, frame.get("body_height_mm"))
+        check_audit(a, frame.get("body_height_mm"))
         out[name], audit[name], held_faces[name] = nodes, a, np.flatnonzero(sel)
     return EndplateSupports(out["lower"], out["upper"], audit, held_faces)
 
