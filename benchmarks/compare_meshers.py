@@ -140,7 +140,7 @@ def _quality(points, cells) -> dict:
 
 
 def _cases():
-    from fesim.imaging.phantom import PhantomSpec, make_phantom
+    from fesim.synthetic.phantom import PhantomSpec, make_phantom
 
     ph = make_phantom(PhantomSpec(rods_mg_cm3=None))
     yield "phantom L4 (0.8x0.8x1 mm)", ph.labels.with_data((ph.labels.data == 1).astype(np.uint8))

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from fesim.imaging.phantom import PhantomSpec, make_phantom
+from fesim.synthetic.phantom import PhantomSpec, make_phantom
 from fesim.imaging.planning import plan_screws
 from fesim.imaging.segmentation import subregions
 from fesim.mesh.materials import element_materials, map_bmd

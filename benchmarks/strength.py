@@ -21,7 +21,7 @@ from fesim.analysis.loadcases import BodyFrame, compression_case, pullout_case
 from fesim.analysis.strength import ACCURACY, run_strength
 from fesim.fem.assembly import Assembler
 from fesim.fem.model import Model, StaticProblem
-from fesim.imaging.phantom import PhantomSpec, make_phantom
+from fesim.synthetic.phantom import PhantomSpec, make_phantom
 from fesim.imaging.planning import plan_screws
 from fesim.imaging.segmentation import subregions
 from fesim.mesh.materials import element_materials, map_bmd

@@ -5,7 +5,7 @@ Run from the project root::
     python benchmarks/tet_vs_voxel.py [--levels phantom,L1,L2,L3,L4,L5] [--accuracy screening]
                                       [--voxel-size 1.0] [--strength nonlinear] [--out DIR]
 
-``phantom`` is the synthetic QCT phantom (:mod:`fesim.imaging.phantom`, phantom calibration);
+``phantom`` is the synthetic QCT phantom (:mod:`fesim.synthetic.phantom`, phantom calibration);
 ``L1``-``L5`` are lumbar levels of the TotalSegmentator example CT (``FESIM_TEST_DATA``, or where
 ``tests/conftest.py`` finds the tests' data) with its label map and internal calibration. Every case
 uses PMMA caps and no screws; the tet model has fesim's default mesh (tet10, 2 mm), the voxel
@@ -45,7 +45,7 @@ def _scan(level: str, work: Path):
     """(scan path, options) of one level, or raise FesimError/FileNotFoundError with the reason."""
     common = dict(caps="pmma", screws="none", write_vtk=False)
     if level == "phantom":
-        from fesim.imaging.phantom import PhantomSpec, make_phantom, write_phantom
+        from fesim.synthetic.phantom import PhantomSpec, make_phantom, write_phantom
 
         d = work / "phantom"
         if not (d / "dicom").is_dir():

@@ -12,7 +12,7 @@ import csv
 import sys
 from pathlib import Path
 
-from fesim.imaging.phantom import PhantomSpec, make_phantom, write_phantom
+from fesim.synthetic.phantom import PhantomSpec, make_phantom, write_phantom
 from fesim.study.cohort import load_manifest, run_cohort
 from fesim.study.report import write_report
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fesim.imaging.phantom import PhantomSpec, make_phantom
+from fesim.synthetic.phantom import PhantomSpec, make_phantom
 from fesim.imaging.planning import plan_screws
 from fesim.imaging.segmentation import subregions
 from fesim.io.abaqus import write_inp

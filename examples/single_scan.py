@@ -10,7 +10,7 @@ compression analyses. Results land in OUT_DIR/result/ (result.json, VTU files, c
 import sys
 from pathlib import Path
 
-from fesim.imaging.phantom import PhantomSpec, make_phantom, write_phantom
+from fesim.synthetic.phantom import PhantomSpec, make_phantom, write_phantom
 from fesim.pipeline import run_scan
 
 

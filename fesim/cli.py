@@ -134,7 +134,7 @@ def _run_options(args) -> dict:
 
 
 def cmd_phantom(args):
-    from .imaging.phantom import PhantomSpec, make_phantom, write_phantom
+    from .synthetic.phantom import PhantomSpec, make_phantom, write_phantom
 
     spec = PhantomSpec(seed=args.seed, density_scale=args.density_scale,
                        rods_mg_cm3=None if args.no_rods else (0.0, 50.0, 100.0, 200.0),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fesim.imaging.phantom import PhantomSpec, make_phantom
+from fesim.synthetic.phantom import PhantomSpec, make_phantom
 from fesim.imaging.screwplan import ScrewPlan
 from fesim.io.vtk import write_vtu
 from fesim.mesh.materials import map_bmd

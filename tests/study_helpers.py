@@ -85,7 +85,7 @@ def stop_process(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
 
 def write_phantom_scans(folder: Path, visits, spacing_mm=(1.0, 1.0, 1.5)) -> list[dict]:
     """One phantom DICOM series per ``(patient, month, seed, density_scale)``; scan dicts."""
-    from fesim.imaging.phantom import PhantomSpec, make_phantom, write_phantom
+    from fesim.synthetic.phantom import PhantomSpec, make_phantom, write_phantom
 
     scans = []
     for patient, month, seed, scale in visits:

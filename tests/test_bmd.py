@@ -8,7 +8,7 @@ from fesim.errors import InputError, SegmentationError
 from fesim.imaging.bmd import (areal_bmd, integral_vbmd, projected_area_mm2, screw_vbmd,
                                trabecular_vbmd)
 from fesim.imaging.calibration import phantom_calibration
-from fesim.imaging.phantom import PhantomSpec, make_phantom
+from fesim.synthetic.phantom import PhantomSpec, make_phantom
 from fesim.imaging.screwplan import ScrewPlan
 
 RODS = (0.0, 50.0, 100.0, 200.0)

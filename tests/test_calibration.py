@@ -8,7 +8,7 @@ from fesim.errors import CalibrationError
 from fesim.imaging.calibration import (
     Calibration, find_rods, internal_calibration, k2hpo4_sensitivity,
     mindways_calibration, phantom_calibration, tissue_reference)
-from fesim.imaging.phantom import PhantomSpec, make_phantom
+from fesim.synthetic.phantom import PhantomSpec, make_phantom
 from fesim.imaging.volume import Volume
 
 RODS = (0.0, 50.0, 100.0, 200.0)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fesim.errors import FesimError
-from fesim.imaging.phantom import PhantomSpec, make_phantom, write_phantom
+from fesim.synthetic.phantom import PhantomSpec, make_phantom, write_phantom
 from fesim.io.vtk import read_vtu
 from fesim.mesh.tetmesh import REGION_CAP_LOWER, REGION_CAP_UPPER
 from fesim.pipeline import run_scan

@@ -19,7 +19,7 @@ import pydicom
 import pytest
 
 from fesim.imaging.dicom_write import write_dicom_series
-from fesim.imaging.phantom import PhantomSpec, make_phantom
+from fesim.synthetic.phantom import PhantomSpec, make_phantom
 
 #: Distinctive values planted in the identifying tags (DICOM PS3.15 Annex E basic profile).
 PLANTED = {

@@ -10,7 +10,7 @@ import pytest
 from fesim.errors import DicomError
 from fesim.imaging.dicom import list_series, pseudonym, read_dicom_series
 from fesim.imaging.dicom_write import write_dicom_series
-from fesim.imaging.phantom import PhantomSpec, make_phantom, write_phantom
+from fesim.synthetic.phantom import PhantomSpec, make_phantom, write_phantom
 from fesim.imaging.volume import Volume
 
 FAKE_IDS = ("SYNTH^JANE", "SYN-7", "19480312")

@@ -22,7 +22,7 @@ import pytest
 
 from fesim import errors as E
 from fesim.cli import main
-from fesim.imaging.phantom import PhantomSpec, make_phantom, write_phantom
+from fesim.synthetic.phantom import PhantomSpec, make_phantom, write_phantom
 
 FAST = ["--mesh-size", "3", "--screw-mesh-size", "1.5", "--order", "1", "--strength", "surrogate",
         "--no-vtk", "--screws", "none"]

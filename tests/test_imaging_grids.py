@@ -9,7 +9,7 @@ from fesim.imaging.dicom import list_series, read_dicom_series
 from fesim.imaging.dicom_write import write_dicom_series
 from fesim.imaging.nifti import (check_same_grid, labels_on_grid, read_nifti, reorder_to_grid,
                                  write_nifti)
-from fesim.imaging.phantom import PhantomSpec, dicom_grid, make_phantom, write_phantom
+from fesim.synthetic.phantom import PhantomSpec, dicom_grid, make_phantom, write_phantom
 from fesim.imaging.volume import Volume
 
 SWAP_XY = np.array([[0.0, 1, 0], [1, 0, 0], [0, 0, 1]])       # left-handed permutation

@@ -15,7 +15,7 @@ from fesim.imaging.calibration import phantom_calibration
 from fesim.imaging.dicom import read_dicom_series
 from fesim.imaging.dicom_write import write_dicom_series
 from fesim.imaging.nifti import labels_on_grid, read_nifti, reorder_to_grid, write_nifti
-from fesim.imaging.phantom import PhantomSpec, make_phantom
+from fesim.synthetic.phantom import PhantomSpec, make_phantom
 from fesim.imaging.screwplan import ScrewPlan
 from fesim.imaging.volume import Volume
 

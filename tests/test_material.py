@@ -148,7 +148,7 @@ def test_cli_refuses_ash_equation_for_other_material(tmp_path, capsys):
 @pytest.mark.parametrize("rod_material, ash", [("K2HPO4", "keyak"), ("HA", "les"), ("HA", "identity")])
 def test_phantom_runs_with_ash_equation_of_its_material(tmp_path, rod_material, ash):
     """Whole chain on the synthetic phantom, rods declared as K2HPO4 or HA."""
-    from fesim.imaging.phantom import PhantomSpec, make_phantom, write_phantom
+    from fesim.synthetic.phantom import PhantomSpec, make_phantom, write_phantom
     from fesim.pipeline import run_scan
     scan = write_phantom(make_phantom(PhantomSpec()), tmp_path / "ph")
     res = run_scan(scan, tmp_path / "out", calibration="phantom", rod_material=rod_material,

@@ -101,7 +101,7 @@ def _mass_balance(mesh, bmd, mask):
 
 
 def test_mineral_mass_conserved_on_phantom():
-    from fesim.imaging.phantom import PhantomSpec, make_phantom
+    from fesim.synthetic.phantom import PhantomSpec, make_phantom
     ph = make_phantom(PhantomSpec(rods_mg_cm3=None))
     mask = ph.labels.with_data((ph.labels.data == 1).astype(np.uint8))
     # Pipeline's bulk size; the normalised convolution alone is 2.6 % low here.

@@ -1,4 +1,4 @@
-"""Tests of the synthetic QCT phantom (fesim/imaging/phantom.py)."""
+"""Tests of the synthetic QCT phantom (fesim/synthetic/phantom.py)."""
 
 import json
 
@@ -7,7 +7,7 @@ import pytest
 from scipy.ndimage import binary_erosion
 
 from fesim.errors import InputError
-from fesim.imaging.phantom import PhantomSpec, make_phantom, write_phantom
+from fesim.synthetic.phantom import PhantomSpec, make_phantom, write_phantom
 
 
 @pytest.fixture(scope="module")

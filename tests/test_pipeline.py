@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from fesim.imaging.phantom import PhantomSpec, make_phantom, write_phantom
+from fesim.synthetic.phantom import PhantomSpec, make_phantom, write_phantom
 from fesim.pipeline import run_scan
 
 from conftest import pv_check_script, real_data_dir

@@ -7,7 +7,7 @@ import pytest
 
 from fesim.errors import ScrewPlanError
 from fesim.imaging.nifti import read_nifti
-from fesim.imaging.phantom import PhantomSpec, make_phantom
+from fesim.synthetic.phantom import PhantomSpec, make_phantom
 from fesim.imaging.planning import _angles, check_screw, plan_screws
 from fesim.imaging.segmentation import mask_from_labels, subregions
 

@@ -9,7 +9,7 @@ from fesim.analysis.loadcases import BodyFrame, compression_case
 from fesim.analysis.protocols import (PROTOCOLS, axial_compression_case, benchmark_numbers, body_frame_rotation,
                                       to_body_frame)
 from fesim.imaging.caps import generated_caps
-from fesim.imaging.phantom import PhantomSpec, make_phantom, write_phantom
+from fesim.synthetic.phantom import PhantomSpec, make_phantom, write_phantom
 from fesim.imaging.segmentation import subregions
 from fesim.mesh.mesher import mesh_vertebra
 from fesim.pipeline import RunOptions, run_scan

@@ -7,7 +7,7 @@ from scipy.spatial.transform import Rotation
 
 from fesim.errors import SegmentationError
 from fesim.imaging.nifti import read_nifti
-from fesim.imaging.phantom import PhantomSpec, make_phantom
+from fesim.synthetic.phantom import PhantomSpec, make_phantom
 from fesim.imaging.segmentation import (dice, mask_from_labels, segment_vertebra, subregions,
                                         vertebra_frame)
 from fesim.imaging.volume import Volume

@@ -5,7 +5,7 @@ import pytest
 
 from fesim.analysis.loadcases import BodyFrame, compression_case, pullout_case
 from fesim.analysis.strength import run_strength
-from fesim.imaging.phantom import PhantomSpec, make_phantom
+from fesim.synthetic.phantom import PhantomSpec, make_phantom
 from fesim.imaging.planning import plan_screws
 from fesim.imaging.segmentation import subregions
 from fesim.mesh.materials import element_materials, map_bmd

@@ -18,7 +18,7 @@ from fesim.study import cohort as co
 from fesim.study import stats as st
 from fesim.study.report import FIGURES, write_report
 from fesim.study.tables import POS
-from fesim.study.synthetic import ScanSpec, mean_dxa_gain_percent, synthetic_cohort
+from fesim.synthetic.cohort import ScanSpec, mean_dxa_gain_percent, synthetic_cohort
 
 # --------------------------------------------------------------------------- fakes
 

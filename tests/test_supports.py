@@ -92,7 +92,7 @@ def test_real_supports_on_body_ends(real_ct, level, caps):
 
 
 def test_phantom_supports_on_body_ends():
-    from fesim.imaging.phantom import PhantomSpec, make_phantom
+    from fesim.synthetic.phantom import PhantomSpec, make_phantom
 
     ph = make_phantom(PhantomSpec(seed=3, density_scale=0.65))
     mask = ph.labels.with_data((ph.labels.data == 1).astype(np.uint8))

@@ -369,7 +369,7 @@ def test_cli_mesh_flags():
 
 
 def test_phantom_end_to_end_voxel(tmp_path):
-    from fesim.imaging.phantom import PhantomSpec, make_phantom, write_phantom
+    from fesim.synthetic.phantom import PhantomSpec, make_phantom, write_phantom
     from fesim.pipeline import run_scan
 
     ph = make_phantom(PhantomSpec(seed=3, density_scale=0.65))
@@ -398,7 +398,7 @@ def test_tet_and_voxel_models_agree_on_the_phantom():
     from fesim.analysis.loadcases import BodyFrame, compression_case
     from fesim.analysis.strength import run_strength
     from fesim.imaging.caps import generated_caps
-    from fesim.imaging.phantom import PhantomSpec, make_phantom
+    from fesim.synthetic.phantom import PhantomSpec, make_phantom
     from fesim.imaging.segmentation import subregions
     from fesim.mesh.bmdmap import map_bmd
     from fesim.mesh.caps import assign_cap_regions

@@ -1,6 +1,6 @@
 """Write an HU :class:`~fesim.imaging.volume.Volume` as a CT DICOM series.
 
-Used by the synthetic phantom (:func:`fesim.imaging.phantom.write_phantom`) and by tests that
+Used by the synthetic phantom (:func:`fesim.synthetic.phantom.write_phantom`) and by tests that
 need DICOM input; reading lives in :mod:`fesim.imaging.dicom`. UIDs are derived from a key, so
 the same key gives the same StudyInstanceUID, SeriesInstanceUID and (uncompressed)
 SOPInstanceUIDs.

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .manifest import Study
 from .runner import run_study
-from .synthetic import SIMULATION_NOTE, synthetic_cohort
+from ..synthetic.cohort import SIMULATION_NOTE, synthetic_cohort
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ DEMO_NOTE = ("Demo settings (chosen to run 63 scans in <= 10 minutes on 2 cores)
 def _write_image(spec, folder: Path, spacing_mm) -> str:
     if hasattr(spec, "write_image"):
         return str(spec.write_image(folder))
-    from ..imaging.phantom import PhantomSpec, make_phantom, write_phantom
+    from ..synthetic.phantom import PhantomSpec, make_phantom, write_phantom
 
     ph = make_phantom(PhantomSpec(seed=spec.phantom_seed, density_scale=spec.density_scale,
                                   spacing_mm=tuple(spacing_mm)))

@@ -41,7 +41,7 @@ DXA_GAIN_PERCENT = np.array([0.0, 5.7, 7.8, 9.8])
 #: Text that reports on synthetic cohorts should carry (passed to ``write_report(notes=...)``).
 SIMULATION_NOTE = (
     "Synthetic cohort: densities, treatment response and DXA aBMD are simulated "
-    "(fesim.study.synthetic). The simulated DXA aBMD includes a patient-level artefact term "
+    "(fesim.synthetic.cohort). The simulated DXA aBMD includes a patient-level artefact term "
     "(posterior elements, aortic calcification, degenerative change) by assumption, so a weak "
     "correlation of pullout strength with aBMD is built into the data, not a finding."
 )
