@@ -247,3 +247,43 @@ def test_cohort_statistics_and_table():
     assert kinds == {"correlation", "dependent_correlation", "change_from_baseline",
                      "mixed_model_change", "arm_difference", "precision"}
     assert tb.n_primary_tests(table) == len(prim)
+
+
+# Published worked examples (numbers as printed in the sources, rounded as printed there).
+# May & Hittner (1997), Psychological Reports 80:475-480, table of Meng's Z for n = 50 and
+# r12 from 0 to .8, for r1, r2 = .5, .2 and .7, .4.
+MAY_HITTNER_MENG = {
+    (0.5, 0.2): [1.62, 1.70, 1.80, 1.91, 2.06, 2.24, 2.50, 2.87, 3.50],
+    (0.7, 0.4): [2.03, 2.10, 2.20, 2.32, 2.47, 2.66, 2.94, 3.35, 4.05],
+}
+
+
+@pytest.mark.parametrize("r1,r2", list(MAY_HITTNER_MENG))
+def test_meng_matches_may_hittner_table(r1, r2):
+    for r12, published in zip(np.arange(9) / 10, MAY_HITTNER_MENG[(r1, r2)]):
+        # the table prints 2 decimals; 2.245 is printed as 2.24, so compare to half a unit
+        assert st.meng_test(r1, r2, r12, 50).z == pytest.approx(published, abs=0.0051)
+
+
+def test_meng_paper_confidence_interval():
+    # Meng, Rosenthal & Rubin (1992) p. 173: 95 % CI of z1 - z2 is (-0.129, 1.671)
+    t = st.meng_test(0.63, -0.03, -0.19, 15)
+    assert t.ci_low == pytest.approx(-0.129, abs=6e-4)
+    assert t.ci_high == pytest.approx(1.671, abs=1.1e-3)
+
+
+def test_steiger_case_a_from_paper():
+    # Steiger (1980) p. 249, Case A: r_jk = .4, r_jh = .5, r_kh = .1, N = 103. The paper prints
+    # Z = -.8913, computed with the covariance rounded to .0042; unrounded it is -.8887.
+    z, p = st.steiger_z(0.4, 0.5, 0.1, 103)
+    assert z == pytest.approx(-0.8913, abs=3e-3)
+    assert p == pytest.approx(2 * sps.norm.sf(abs(z)), abs=TOL)
+
+
+def test_meng_and_steiger_match_depcor_program():
+    # Silver, Hittner & May (2006), Applied Psychological Measurement 30:152-153 (DEPCOR):
+    # r1 = .3, r2 = .4, r12 = .5, N = 100 -> Meng Z = -1.0707 (p .2843), Steiger Z = -1.0718 (p .2838)
+    t = st.meng_test(0.3, 0.4, 0.5, 100)
+    assert round(t.z, 4) == -1.0707 and round(t.p, 4) == 0.2843
+    z, p = st.steiger_z(0.3, 0.4, 0.5, 100)
+    assert round(z, 4) == -1.0718 and round(p, 4) == 0.2838
