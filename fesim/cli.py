@@ -21,6 +21,7 @@ from .analysis.protocols import PROTOCOLS
 from .analysis.strength import ACCURACY
 from .fem.solvers import AUTO_DIRECT_MAX_DOFS, SOLVERS
 from .imaging.caps import CAP_SHAPES
+from .imaging.labels import LABEL_CONVENTIONS, canonical_convention
 from .imaging.screwplan import TIP_SHAPES
 from .io.formats import FORMATS
 from .material import ASH_EQUATIONS, BMD_MATERIALS, LAWS
@@ -53,14 +54,22 @@ def _formats(text):
     return names
 
 
+def _convention(text):
+    """``--convention`` value: aliases (``total``, ``v1``) become the registered name."""
+    return canonical_convention(text)
+
+
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """Options of the per-scan analysis (shared by run, cohort and demo)."""
     g = p.add_argument_group("image and labels")
     g.add_argument("--labels", help="label map (NIfTI) on the CT grid, e.g. from TotalSegmentator or VerSe")
     g.add_argument("--level", default="L4", help="vertebra to analyse in the label map (default L4)")
     g.add_argument("--label-values", help="comma-separated label values taken as one vertebra (overrides --level)")
-    g.add_argument("--convention", default="totalseg_v2",
-                   help="label numbering: totalseg_v2, totalseg_v1, verse, bodies_per_level (default totalseg_v2)")
+    g.add_argument("--convention", default="auto", type=_convention,
+                   choices=("auto",) + LABEL_CONVENTIONS.names(),
+                   help="label numbering of the map: auto (default: the names stored in the map, else "
+                        "detected from the values present and their order along the spine; an ambiguous "
+                        "map is refused naming the candidates), or " + LABEL_CONVENTIONS.help())
     g.add_argument("--series-uid", help="DICOM series to use when the folder holds several (see fesim inspect)")
     g = p.add_argument_group("calibration")
     g.add_argument("--calibration", default="auto", choices=["auto", "phantom", "internal", "none"],
