@@ -151,3 +151,23 @@ def test_conventions_registry_drives_the_cli_and_options():
         assert detect_convention(vol).name == conv.name
     finally:
         LABEL_CONVENTIONS.remove("dummyconv")
+
+
+@pytest.mark.slow
+def test_fesim_run_on_a_verse_map_without_convention(real_data, tmp_path, capsys):
+    """`fesim run` end to end: the VerSe-numbered map gives the very result of the
+    TotalSegmentator map (same voxels), without --convention."""
+    from fesim.cli import main
+
+    ts = read_nifti(real_data / "example_ct_labels.nii.gz", kind="labels")
+    verse = write_nifti(_relabel(ts, TS2_TO_VERSE), tmp_path / "verse.nii.gz", label_names={})
+    quick = ["--calibration", "internal", "--screws", "none", "--strength", "surrogate", "--order", "1",
+             "--mesh-size", "3", "--no-vtk"]
+    res = {}
+    for name, labels in (("ts", real_data / "example_ct_labels.nii.gz"), ("verse", verse)):
+        out = tmp_path / name
+        assert main(["run", str(real_data / "example_ct.nii.gz"), "--labels", str(labels), "--level", "L4",
+                     "--out", str(out), *quick]) == 0, capsys.readouterr().err
+        res[name] = json.loads((out / "result.json").read_text())
+    assert res["verse"]["compression_strength_N"] == pytest.approx(res["ts"]["compression_strength_N"], rel=1e-9)
+    assert res["verse"]["n_elements"] == res["ts"]["n_elements"]

@@ -258,24 +258,52 @@ MAX_LEVEL_SPREAD_MM = 20.0
 
 
 def _value_stats(labels) -> dict:
-    """Label value -> (voxel count, centroid LPS mm, SD of z in mm) of the non-zero values."""
+    """Label value -> (voxel count, centroid LPS mm, SD of z in mm) of the non-zero values.
+
+    Centroid and spread are computed only for values that some registered convention calls
+    a vertebra (None for the others), in one pass over the map, so a full-body multi-organ
+    map costs little more than its vertebrae.
+    """
     data = np.asarray(labels.data)
+    if data.dtype.kind not in "u":
+        from fesim.imaging.nifti import check_label_map
+
+        check_label_map(labels)  # non-negative integers, else NiftiError
+        data = data.astype(np.int64)
     flat = data.ravel()
-    nz = np.flatnonzero(flat)
-    if nz.size == 0:
+    top = int(flat.max()) if flat.size else 0
+    if top == 0:
         return {}
-    vals = flat[nz].astype(np.int64)
-    uniq, inv = np.unique(vals, return_inverse=True)
-    counts = np.bincount(inv)
+    if top <= 1_000_000:
+        counts_all = np.bincount(flat, minlength=top + 1)
+        present = np.flatnonzero(counts_all[1:]) + 1
+    else:
+        present, cnt = np.unique(flat[flat != 0], return_counts=True)
+        counts_all = dict(zip(present.tolist(), cnt.tolist()))
+    present = [int(v) for v in present]
+    wanted = sorted(set(present) & {v for c in LABEL_CONVENTIONS.values() for v in c.table})
+    out = {v: (int(counts_all[v]), None, None) for v in present}
+    if not wanted:
+        return out
+    lut = np.zeros(max(wanted) + 1, np.int64)
+    lut[wanted] = np.arange(1, len(wanted) + 1)
+    code = np.zeros(flat.shape, np.int64)
+    small = flat <= max(wanted)
+    code[small] = lut[flat[small]]
+    nz = np.flatnonzero(code)
+    inv = code[nz] - 1
+    counts = np.bincount(inv, minlength=len(wanted)).astype(float)
     ijk = np.stack(np.unravel_index(nz, data.shape), axis=1).astype(float)
-    mean = np.stack([np.bincount(inv, weights=ijk[:, a]) for a in range(3)], axis=1) / counts[:, None]
+    mean = np.stack([np.bincount(inv, weights=ijk[:, a], minlength=len(wanted)) for a in range(3)],
+                    axis=1) / counts[:, None]
     world = labels.index_to_world(mean)
     # Spread along the patient's superior axis: z is linear in the voxel indices.
-    zrow = labels.direction[2] * labels.spacing
-    z = ijk @ zrow
-    zmean = np.bincount(inv, weights=z) / counts
-    zstd = np.sqrt(np.maximum(np.bincount(inv, weights=z * z) / counts - zmean**2, 0.0))
-    return {int(v): (int(c), world[n], float(zstd[n])) for n, (v, c) in enumerate(zip(uniq, counts))}
+    z = ijk @ (labels.direction[2] * labels.spacing)
+    zmean = np.bincount(inv, weights=z, minlength=len(wanted)) / counts
+    zstd = np.sqrt(np.maximum(np.bincount(inv, weights=z * z, minlength=len(wanted)) / counts - zmean**2, 0.0))
+    for n, v in enumerate(wanted):
+        out[v] = (int(counts[n]), world[n], float(zstd[n]))
+    return out
 
 
 def _misfit(conv: Convention, stats: dict) -> tuple[str | None, dict]:

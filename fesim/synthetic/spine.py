@@ -267,12 +267,9 @@ def _check(spec: SpineSpec) -> None:
 def _grid(spec, structures, poses):
     """Origin and shape of an axis-aligned grid over the structures and the skin."""
     spacing = np.asarray(spec.spacing_mm, float).reshape(3)
-    bone = [s for s in structures if s[2] == "bone"]
-    lo = np.min([s[4] for s in bone], axis=0)
-    hi = np.max([s[5] for s in bone], axis=0)
+    z_lo = min(s[4][2] for s in structures if s[2] == "bone")
     top = poses[spec.levels[0]]
     z_hi = top["center"][2] + top["height_mm"] / 2 + spec.margin_mm
-    z_lo = lo[2]
     if spec.sacrum or spec.pelvis:
         z_lo = max(z_lo, poses["S1"]["center"][2] - spec.sacrum_view_mm)
     else:
