@@ -89,8 +89,12 @@ def test_ribs_pelvis_and_discs(spine):
     assert spine.bmd.data[body].mean() == pytest.approx(spine.spec.trabecular_bmd, rel=0.15)
 
 
-def test_write_read_round_trip(spine, tmp_path):
-    out = write_spine(spine, tmp_path / "spine")
+def test_write_read_round_trip(spine, tmp_path, capsys):
+    from fesim.cli import main
+
+    out = tmp_path / "spine"
+    assert main(["phantom", "--spine", "--seed", "1", "--out", str(out)]) == 0
+    assert "TotalSegmentator v2" in capsys.readouterr().out
     ct = read_nifti(out / "ct.nii.gz")
     labels = read_nifti(out / "labels.nii.gz", kind="labels")
     discs = read_nifti(out / "discs.nii.gz", kind="labels")
@@ -103,8 +107,13 @@ def test_write_read_round_trip(spine, tmp_path):
     assert truth["labels"]["convention"] == "totalseg_v2"
     assert truth["labels"]["names"]["28"] == "vertebrae_L4"
     # Without names: the bare values only (for convention detection from values).
-    bare = write_spine(spine, tmp_path / "bare", label_names=False)
+    small = make_spine(SpineSpec(levels=("L4", "L5"), spacing_mm=(3.0, 3.0, 3.0)))
+    bare = write_spine(small, tmp_path / "bare", label_names=False, dicom=True)
     assert "label_names" not in read_nifti(bare / "labels.nii.gz", kind="labels").meta
+    from fesim.imaging.dicom import read_dicom_series
+
+    series = read_dicom_series(bare / "dicom")
+    assert series.same_grid(small.hu) and np.array_equal(series.data, small.hu.data)
 
 
 def test_subset_without_landmarks_and_bad_specs():
