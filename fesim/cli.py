@@ -1,4 +1,4 @@
-"""``fesim`` command line: phantom, inspect, run, study (alias cohort), demo.
+"""``fesim`` command line: phantom, segment, inspect, run, study (alias cohort), demo.
 
 A user error (bad file, bad option, unsolvable model) prints one line on stderr and exits
 with code 2; ``--debug`` shows the traceback instead.
@@ -21,6 +21,7 @@ from .analysis.protocols import PROTOCOLS
 from .analysis.strength import ACCURACY
 from .fem.solvers import AUTO_DIRECT_MAX_DOFS, SOLVERS
 from .imaging.caps import CAP_SHAPES
+from .imaging.labels import LABEL_CONVENTIONS, canonical_convention
 from .imaging.screwplan import TIP_SHAPES
 from .io.formats import FORMATS
 from .material import ASH_EQUATIONS, BMD_MATERIALS, LAWS
@@ -53,14 +54,22 @@ def _formats(text):
     return names
 
 
+def _convention(text):
+    """``--convention`` value: aliases (``total``, ``v1``) become the registered name."""
+    return canonical_convention(text)
+
+
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """Options of the per-scan analysis (shared by run, cohort and demo)."""
     g = p.add_argument_group("image and labels")
     g.add_argument("--labels", help="label map (NIfTI) on the CT grid, e.g. from TotalSegmentator or VerSe")
     g.add_argument("--level", default="L4", help="vertebra to analyse in the label map (default L4)")
     g.add_argument("--label-values", help="comma-separated label values taken as one vertebra (overrides --level)")
-    g.add_argument("--convention", default="totalseg_v2",
-                   help="label numbering: totalseg_v2, totalseg_v1, verse, bodies_per_level (default totalseg_v2)")
+    g.add_argument("--convention", default="auto", type=_convention,
+                   choices=("auto",) + LABEL_CONVENTIONS.names(),
+                   help="label numbering of the map: auto (default: the names stored in the map, else "
+                        "detected from the values present and their order along the spine; an ambiguous "
+                        "map is refused naming the candidates), or " + LABEL_CONVENTIONS.help())
     g.add_argument("--series-uid", help="DICOM series to use when the folder holds several (see fesim inspect)")
     g = p.add_argument_group("calibration")
     g.add_argument("--calibration", default="auto", choices=["auto", "phantom", "internal", "none"],
@@ -136,11 +145,38 @@ def _run_options(args) -> dict:
 def cmd_phantom(args):
     from .synthetic.phantom import PhantomSpec, make_phantom, write_phantom
 
+    if args.spine:
+        from .synthetic.spine import SpineSpec, make_spine, write_spine
+
+        path = write_spine(make_spine(SpineSpec(seed=args.seed, density_scale=args.density_scale)), args.out)
+        print(f"synthetic spine CT (T12-sacrum) written to {path}: ct.nii.gz, labels.nii.gz "
+              "(TotalSegmentator v2 numbering), discs.nii.gz, truth.json")
+        return
     spec = PhantomSpec(seed=args.seed, density_scale=args.density_scale,
                        rods_mg_cm3=None if args.no_rods else (0.0, 50.0, 100.0, 200.0),
                        neighbours=args.neighbours)
     path = write_phantom(make_phantom(spec), args.out, compressed=args.compressed)
     print(f"synthetic QCT series written to {path}")
+
+
+def cmd_segment(args):
+    import numpy as np
+
+    from .imaging.labels import SPINE_ORDER, detect_convention
+    from .imaging.nifti import write_nifti
+    from .imaging.totalseg import SPINE_ROIS, segment_ct, totalsegmentator_api
+    from .pipeline import RunOptions, load_image
+
+    totalsegmentator_api()  # refuse at once when it is not installed
+    ct = load_image(args.ct, RunOptions(series_uid=args.series_uid))
+    labels = segment_ct(ct, fast=args.fast, device=args.device,
+                        roi_subset=None if args.all_classes else SPINE_ROIS)
+    out = write_nifti(labels, args.out)
+    det = detect_convention(labels)
+    present = {int(v) for v in np.unique(labels.data)}
+    levels = sorted({det.table[v] for v in present if v in det.table}, key=SPINE_ORDER.index)
+    print(f"label map written to {out}: vertebrae {', '.join(levels)} ({det.reason}); "
+          f"use it with: fesim run {args.ct} --labels {out}")
 
 
 def cmd_inspect(args):
@@ -222,7 +258,25 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     q.add_argument("--no-rods", action="store_true", help="omit the calibration phantom")
     q.add_argument("--neighbours", action="store_true", help="add L3, L5 and discs")
     q.add_argument("--compressed", choices=["rle", "jpeg2000"], help="compressed pixel data")
+    q.add_argument("--spine", action="store_true",
+                   help="a lumbar spine instead: T12 with ribs, L1-L5, sacrum, iliac wings, discs, as NIfTI "
+                        "with a TotalSegmentator-numbered label map")
     q.set_defaults(func=cmd_phantom)
+
+    q = sub.add_parser("segment", help="label map of a CT by TotalSegmentator (optional extra: "
+                                       "pip install 'fesim[totalseg]'), for --labels",
+                       description="Run TotalSegmentator (Apache-2.0; an optional extra, its model weights "
+                                   "are downloaded by it on this machine under their own licence terms) "
+                                   "on a CT and write a label map on the CT's grid for fesim run --labels. "
+                                   "Without it, fesim's classical route applies.")
+    q.add_argument("ct", help="DICOM folder or NIfTI CT file")
+    q.add_argument("--out", required=True, help="label map to write (.nii.gz)")
+    q.add_argument("--fast", action="store_true", help="TotalSegmentator's faster 3 mm model")
+    q.add_argument("--device", default="gpu", choices=["gpu", "cpu", "mps"],
+                   help="gpu (default; TotalSegmentator falls back to the CPU without one), cpu or mps")
+    q.add_argument("--all-classes", action="store_true", help="segment every class, not only the spine")
+    q.add_argument("--series-uid", help="DICOM series to use when the folder holds several")
+    q.set_defaults(func=cmd_segment)
 
     q = sub.add_parser("inspect", help="list the DICOM series in a folder")
     q.add_argument("path")

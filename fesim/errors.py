@@ -70,3 +70,7 @@ class OptionError(InputError):
 
 class ResourceError(FesimError):
     """The work would exceed the available memory (predicted before allocating)."""
+
+
+class DependencyError(FesimError):
+    """An optional dependency that the requested feature needs is not installed."""

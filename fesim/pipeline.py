@@ -38,7 +38,7 @@ class RunOptions:
     labels: str | None = None               # label map (NIfTI) on the CT grid
     level: str = "L4"                       # vertebra to analyse when a label map is given
     label_values: str | None = None         # "1,2,3" accepted as one vertebra (overrides level)
-    convention: str = "totalseg_v2"         # label numbering of the map
+    convention: str = "auto"                # label numbering of the map: auto (detected) or a registered one
     series_uid: str | None = None           # DICOM series to read when a folder holds several
     calibration: str = "auto"               # auto | phantom | internal | none
     rod_densities: tuple = (0.0, 50.0, 100.0, 200.0)
@@ -100,6 +100,10 @@ class RunOptions:
         one_of("strength_accuracy", opts.strength_accuracy, ACCURACY.names())
         one_of("solver", opts.solver, ("auto",) + SOLVERS.names())
         check_formats(opts.export)
+        if str(opts.convention).lower() != "auto":
+            from .imaging.labels import LABEL_CONVENTIONS, canonical_convention
+
+            LABEL_CONVENTIONS.get_or_raise(canonical_convention(opts.convention))
         LAWS.get_or_raise(opts.law)
         ASH_EQUATIONS.get_or_raise(opts.ash_conversion)
         check_bmd_material(opts.rod_material)
@@ -182,15 +186,17 @@ def segment(bmd: Volume, opts: RunOptions) -> tuple[Volume, Volume | None]:
     from .imaging import segmentation as seg
 
     if opts.labels:
-        from .imaging.labels import parse_label_values, resolve_level
-        from .imaging.nifti import labels_on_grid, read_nifti
+        from .imaging.labels import parse_label_values, read_label_map, resolve_level_in_map
+        from .imaging.nifti import labels_on_grid
 
-        labels = labels_on_grid(bmd, read_nifti(opts.labels, kind="labels"))
+        labels = labels_on_grid(bmd, read_label_map(opts.labels))
         if opts.label_values:
-            values = parse_label_values(opts.label_values)
+            values, how = parse_label_values(opts.label_values), "label values given"
         else:
-            values = resolve_level(opts.level, opts.convention, labels.meta.get("label_names"))
+            values, how = resolve_level_in_map(opts.level, labels, opts.convention)
+            log.info("vertebra %s = label value(s) %s: %s", opts.level, sorted(values), how)
         mask = seg.mask_from_labels(labels, values)
+        mask.meta["label_convention"] = how
         if mask.meta.get("truncated"):
             from .errors import SegmentationError
 
