@@ -43,6 +43,7 @@ MIDLINE_MM = 25.0
 DISK_MM = 14.0
 MIN_HEIGHT_MM, MAX_HEIGHT_MM = 18.0, 45.0
 SACRUM_HEIGHT_MM, SACRUM_WIDTH_MM = 45.0, 110.0
+PED_MM = (18.0, 36.0)  # pedicle marker: posterior offset (mm) from the body's axis (posterior wall to arch)
 
 #: Plausible whole-vertebra volumes (ml) per region, adult, generous bounds.
 VOLUME_RANGE_ML = {"C": (3.0, 40.0), "T": (10.0, 90.0), "L": (25.0, 160.0), "S": (20.0, 400.0)}
@@ -268,8 +269,13 @@ def _watershed(col: _Column, segs) -> np.ndarray:
     for i, (z0, z1) in enumerate(segs):
         m = max(1, int(round(3.0 / h[2])))
         for z in range(z0 + (m if i > 0 else 0), z1 - m + 1):
-            d = (gx - tr[z, 0] * h[0]) ** 2 + (gy - tr[z, 1] * h[1]) ** 2 <= core_r ** 2
-            markers[:, :, z][d & bone[:, :, z]] = i + 1
+            dx, dy = gx - tr[z, 0] * h[0], gy - tr[z, 1] * h[1]
+            core = dx ** 2 + dy ** 2 <= core_r ** 2
+            if i > 0 and z >= z0 + (z1 - z0) / 3.0:
+                # pedicles leave the body's upper part straight backwards (canonical +y):
+                # seeding them keeps the arch, which slopes caudally, with its own body
+                core |= (dy >= PED_MM[0]) & (dy <= PED_MM[1]) & (np.abs(dx) >= 6.0) & (np.abs(dx) <= 24.0)
+            markers[:, :, z][core & bone[:, :, z]] = i + 1
     # the column's bone: connected to a marker
     lab, _ = ndi.label(bone, structure=_BALL26)
     keep = np.unique(lab[markers > 0])
@@ -425,3 +431,64 @@ def isolate_at_seed(volume: Volume, seed_lps) -> Volume:
     out = volume.with_data(m.astype(np.uint8), units="label", kind="mask")
     out.meta.update(identified="seed", volume_ml=float(m.sum()) * volume.voxel_volume_mm3 / 1000.0)
     return out
+
+
+# ---------------------------------------------------------------- the check on every mask
+def check_vertebra_mask(mask: Volume, level: str | None = None, source: str = "mask") -> list[str]:
+    """Check that ``mask`` is one plausible vertebra; refuse it or return warnings.
+
+    Refused (:class:`MaskCheckError`, one line naming the reason): empty; several bones
+    (a second 26-connected piece of more than 10 % of the largest); a volume outside
+    :data:`VOLUME_RANGE_ML` for the level's region (``level`` None: the lumbar range widened
+    to 10-200 ml); no vertebral body; fewer than two pedicles.
+
+    Returns
+    -------
+    list of str
+        Warnings (small detached pieces dropped by later stages, volume near a bound).
+    """
+    from fesim.imaging.labels import normalize_level
+    from fesim.imaging.segmentation import subregions
+
+    m = mask.data > 0
+    name = normalize_level(level) if level else None
+    what = f"{source} of {name}" if name else source
+    if not m.any():
+        raise MaskCheckError(f"{what} is empty")
+    warnings_ = []
+    vox_ml = mask.voxel_volume_mm3 / 1000.0
+    lab, n = ndi.label(m, structure=_BALL26)
+    if n > 1:
+        sizes = np.sort(np.bincount(lab.ravel())[1:])[::-1]
+        if sizes[1] > 0.10 * sizes[0]:
+            raise MaskCheckError(f"{what} is not one vertebra: {n} separate pieces, the second "
+                                 f"{sizes[1] * vox_ml:.1f} ml beside {sizes[0] * vox_ml:.1f} ml")
+        warnings_.append(f"{what}: {n - 1} small detached piece(s) of {sizes[1:].sum() * vox_ml:.2f} ml in all")
+    vol = float(m.sum()) * vox_ml
+    lo, hi = VOLUME_RANGE_ML.get(name[0], (10.0, 200.0)) if name else (10.0, 200.0)
+    if not lo <= vol <= hi:
+        raise MaskCheckError(f"{what} has an implausible volume for one vertebra: {vol:.1f} ml "
+                             f"(expected {lo:g}-{hi:g} ml)")
+    if name is None or name[0] != "S":
+        try:
+            reg = subregions(mask)
+        except SegmentationError as exc:
+            raise MaskCheckError(f"{what} has no recognisable vertebral body ({exc})") from None
+        body_ml = reg.meta["frame"]["body_volume_ml"]
+        if body_ml < 0.25 * vol:
+            raise MaskCheckError(f"{what} has no vertebral body: its compact part is {body_ml:.1f} of {vol:.1f} ml")
+        ped = reg.meta.get("pedicle_length_mm", {})
+        missing = [s for s in ("left", "right") if not ped.get(s)]
+        if missing:
+            raise MaskCheckError(f"{what} lacks the {' and '.join(missing)} pedicle(s): not a whole vertebra")
+    mask.meta["check"] = {"volume_ml": vol, "components": int(n), "warnings": list(warnings_)}
+    return warnings_
+
+
+def single_vertebra_in_view(volume: Volume) -> bool:
+    """True when no disc is found along the column: at most one vertebra to analyse."""
+    try:
+        col = find_column(volume)
+    except VertebraIdentificationError:
+        return True
+    return len(col.discs) == 0
