@@ -62,7 +62,7 @@ class Level:
     """One vertebra found along the column.
 
     ``mask`` is a uint8 Volume on the input grid; ``centroid`` its LPS centroid (mm);
-    ``confidence`` in [0, 1] (disc contrast on both ends times the counting certainty).
+    ``confidence`` in [0, 1]: the weaker disc score at its ends / 50 (clipped) times the sacrum's certainty, halved for an implausible height, x0.3 when cut by the image border.
     """
 
     name: str
@@ -353,7 +353,7 @@ def identify_vertebrae(volume: Volume) -> dict[str, Level]:
         if i == 0:
             ends = ends[1:]
         top_cut = zb + 1 >= nz - 1 or i == len(segs) - 1
-        disc_conf = float(np.clip(min(ends) / 100.0, 0.0, 1.0)) if ends else 0.0
+        disc_conf = float(np.clip(min(ends) / 50.0, 0.0, 1.0)) if ends else 0.0
         h_mm = (zb - za + 1) * col.h[2]
         shape_ok = i == 0 or (MIN_HEIGHT_MM <= h_mm + col.h[2] <= MAX_HEIGHT_MM)
         conf = sacrum_conf * disc_conf * (1.0 if shape_ok else 0.5) * (0.3 if top_cut else 1.0)
