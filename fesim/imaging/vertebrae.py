@@ -14,9 +14,11 @@ Classical and dependency-light (numpy/scipy). Steps of :func:`identify_vertebrae
    bright in the endplates on both sides of it, while a vertebra's mid-body is dark with
    the endplates far away. The "disc score" (darker than both neighbours within 6 mm)
    gives candidates; consecutive discs must be 18-45 mm apart.
-5. Levels: each segment between discs grows a marker (its body core) into the bone by a
-   watershed on the inverted intensity, so the boundaries fall in the dark gaps: discs and
-   facet joints.
+5. Levels: each segment between discs seeds its body core and its pedicle region (18-36 mm
+   behind the body's axis, 6-24 mm to each side); a watershed on the inverted intensity
+   grows the seeds through the bone, so the cuts fall in the dark gaps (discs, facet
+   joints) and the caudally sloping arch stays with its own body. The rim voxels below
+   150 HU (unsmoothed) are trimmed: mostly soft tissue by partial volume.
 6. Counting: the lowest segment is the sacrum when it continues without a disc for more
    than 45 mm or is wider than 110 mm (alae, ilia). Levels are counted upwards from it:
    S1, L5, L4, ... A scan whose lowest segment is cut by the image border, or otherwise
@@ -43,6 +45,10 @@ MIDLINE_MM = 25.0
 DISK_MM = 14.0
 MIN_HEIGHT_MM, MAX_HEIGHT_MM = 18.0, 45.0
 SACRUM_HEIGHT_MM, SACRUM_WIDTH_MM = 45.0, 110.0
+PED_ZFRAC = 0.0        # pedicle marker over the whole segment height (fraction from its bottom)
+PED_X = (6.0, 24.0)
+SPIN = None            # optional spinous-process marker (y0, y1 mm, z fractions); off
+SURFACE_HU = 150.0     # a surface voxel below this (unsmoothed) is mostly soft tissue: trimmed
 PED_MM = (18.0, 36.0)  # pedicle marker: posterior offset (mm) from the body's axis (posterior wall to arch)
 
 #: Plausible whole-vertebra volumes (ml) per region, adult, generous bounds.
@@ -117,6 +123,7 @@ def _fill_planes(mask, axes=(0, 1)):
 # ---------------------------------------------------------------- the column
 @dataclass
 class _Column:
+    raw: np.ndarray         # canonical image (HU-equivalent)
     smooth: np.ndarray      # canonical smoothed image (HU-equivalent)
     bone: np.ndarray        # canonical filled bone mask
     track: np.ndarray       # (nz, 2) body centre per slice (voxel x, y); nan where none
@@ -188,7 +195,7 @@ def find_column(vol: Volume) -> _Column:
     dep = np.where(span, depth, np.nan)
     score = _dip(p75, h[2]) + 5.0 * _dip(dep, h[2])
     discs = _pick_discs(score, valid, h[2])
-    return _Column(s, bone, track, span, discs, score, h, perm, flips, BONE_HU)
+    return _Column(a, s, bone, track, span, discs, score, h, perm, flips, BONE_HU)
 
 
 def _longest_run(flags, max_gap):
@@ -271,10 +278,12 @@ def _watershed(col: _Column, segs) -> np.ndarray:
         for z in range(z0 + (m if i > 0 else 0), z1 - m + 1):
             dx, dy = gx - tr[z, 0] * h[0], gy - tr[z, 1] * h[1]
             core = dx ** 2 + dy ** 2 <= core_r ** 2
-            if i > 0 and z >= z0 + (z1 - z0) / 3.0:
+            if i > 0 and z >= z0 + PED_ZFRAC * (z1 - z0):
                 # pedicles leave the body's upper part straight backwards (canonical +y):
                 # seeding them keeps the arch, which slopes caudally, with its own body
-                core |= (dy >= PED_MM[0]) & (dy <= PED_MM[1]) & (np.abs(dx) >= 6.0) & (np.abs(dx) <= 24.0)
+                core |= (dy >= PED_MM[0]) & (dy <= PED_MM[1]) & (np.abs(dx) >= PED_X[0]) & (np.abs(dx) <= PED_X[1])
+            if i > 0 and SPIN is not None and z0 + SPIN[2] * (z1 - z0) <= z <= z0 + SPIN[3] * (z1 - z0):
+                core |= (dy >= SPIN[0]) & (dy <= SPIN[1]) & (np.abs(dx) <= 6.0)
             markers[:, :, z][core & bone[:, :, z]] = i + 1
     # the column's bone: connected to a marker
     lab, _ = ndi.label(bone, structure=_BALL26)
@@ -286,6 +295,10 @@ def _watershed(col: _Column, segs) -> np.ndarray:
     mk[(~col_bone) & (markers == 0)] = -1  # background outside the column's bone
     ws = ndi.watershed_ift(cost, mk, structure=ndi.generate_binary_structure(3, 1))
     ws = np.where(col_bone & (ws > 0), ws, 0).astype(np.int16)
+    # Trim the partial-volume rim: the smoothed threshold puts the surface half a voxel out.
+    inner = ndi.grey_erosion(ws, footprint=ndi.generate_binary_structure(3, 1))
+    rim = (ws > 0) & (inner != ws)
+    ws[rim & (col.raw < SURFACE_HU)] = 0
     return ws
 
 
