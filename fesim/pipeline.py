@@ -209,7 +209,8 @@ def segment(bmd: Volume, opts: RunOptions, hu: Volume | None = None) -> tuple[Vo
     image = hu if hu is not None else bmd
     if opts.seed_point is not None:
         mask = vt.isolate_at_seed(image, opts.seed_point)
-        _check(mask, None, f"vertebra at seed point {tuple(opts.seed_point)}")
+        seed = ", ".join(f"{float(c):g}" for c in opts.seed_point)
+        _check(mask, None, f"vertebra at seed point ({seed}) mm LPS")
         return mask, None
     try:
         mask = vt.isolate_level(image, opts.level)

@@ -20,9 +20,12 @@ Classical and dependency-light (numpy/scipy). Steps of :func:`identify_vertebrae
    joints) and the caudally sloping arch stays with its own body. The rim voxels below
    150 HU (unsmoothed) are trimmed: mostly soft tissue by partial volume.
 6. Counting: the lowest segment is the sacrum when it continues without a disc for more
-   than 45 mm or is wider than 110 mm (alae, ilia). Levels are counted upwards from it:
-   S1, L5, L4, ... A scan whose lowest segment is cut by the image border, or otherwise
-   not a sacrum, is refused: fesim does not guess the level.
+   than 45 mm or is wider than 110 mm (alae, ilia), and is not cut by the image border.
+   T12 is the lowest segment whose bone (or a small separate bone touching it: a rib)
+   reaches 65 mm or more to both sides of the axis, above one that does not. Levels are
+   named from either landmark (S1, L5, ... upwards; T12, L1, ... downwards); with both in
+   view they must be 5 lumbar segments apart. A scan with neither, or where they
+   disagree, is refused: fesim does not guess the level.
 
 Coordinates: seed points are patient LPS millimetres (DICOM convention; a NIfTI's RAS
 coordinates are converted on reading: x_LPS = -x_RAS, y_LPS = -y_RAS, z_LPS = z_RAS).
@@ -48,6 +51,7 @@ SACRUM_HEIGHT_MM, SACRUM_WIDTH_MM = 45.0, 110.0
 PED_ZFRAC = 0.0        # pedicle marker over the whole segment height (fraction from its bottom)
 PED_X = (6.0, 24.0)
 SPIN = None            # optional spinous-process marker (y0, y1 mm, z fractions); off
+RIB_REACH_MM = 65.0    # bone of a rib-bearing segment reaches this far to both sides
 SURFACE_HU = 150.0     # a surface voxel below this (unsmoothed) is mostly soft tissue: trimmed
 PED_MM = (18.0, 36.0)  # pedicle marker: posterior offset (mm) from the body's axis (posterior wall to arch)
 
@@ -332,7 +336,8 @@ def identify_vertebrae(volume: Volume) -> dict[str, Level]:
     Raises
     ------
     VertebraIdentificationError
-        No column, fewer than two discs, or no landmark to count from (no sacrum in view).
+        No column, fewer than two discs, no landmark to count from (neither the sacrum nor
+        a rib-bearing T12 in view), or the two landmarks disagree.
     """
     col = find_column(volume)
     segs = _segments(col)
@@ -346,40 +351,85 @@ def identify_vertebrae(volume: Volume) -> dict[str, Level]:
     width = _segment_width_mm(col, z0, z1)
     at_border = z0 <= 1
     sacrum = (not at_border) and (height > SACRUM_HEIGHT_MM or width > SACRUM_WIDTH_MM)
-    if not sacrum:
-        why = ("the spine's lowest segment is cut by the image border" if at_border else
-               f"the spine's lowest segment ({height:.0f} mm high, {width:.0f} mm wide) is not a sacrum")
-        raise VertebraIdentificationError(
-            f"cannot count vertebral levels: no sacrum in the field of view ({why}) and no rib landmark "
-            "is used; use --labels or --seed-point")
-    sacrum_conf = float(np.clip(max((width - 90.0) / 40.0, (height - 35.0) / 20.0), 0.0, 1.0))
+    sacrum_conf = float(np.clip(max((width - 90.0) / 40.0, (height - 35.0) / 20.0), 0.0, 1.0)) if sacrum else 0.0
     ws = _watershed(col, segs)
-    names = ["S1"] + [f"L{n}" for n in range(5, 0, -1)] + [f"T{n}" for n in range(12, 0, -1)]
+    reach = [_lateral_reach_mm(col, ws, i, segs[i]) for i in range(len(segs))]
+    ribbed = [min(r) >= RIB_REACH_MM for r in reach]
+    # T12: the lowest rib-bearing segment above a segment without ribs (not the lowest one:
+    # a pelvis cut by the border reaches as far)
+    t12 = next((i for i in range(1, len(segs)) if ribbed[i] and not ribbed[i - 1]), None)
+    rib_conf = float(np.clip((min(reach[t12]) - 55.0) / 20.0, 0.0, 1.0)) if t12 is not None else 0.0
+    if not sacrum and t12 is None:
+        why = ("its lowest segment is cut by the image border" if at_border else
+               f"its lowest segment ({height:.0f} mm high, {width:.0f} mm wide) is not a sacrum")
+        raise VertebraIdentificationError(
+            f"cannot count vertebral levels: neither the sacrum ({why}) nor a rib-bearing vertebra (T12) is in "
+            "the field of view; use --labels or --seed-point")
+    if sacrum and t12 is not None and t12 != 6:
+        raise VertebraIdentificationError(
+            f"cannot count vertebral levels: the sacrum and the last rib-bearing vertebra are {t12 - 1} segments "
+            "apart, not 5 lumbar vertebrae (transitional vertebra, fused or fractured level, or a missed disc); "
+            "use --labels or --seed-point")
+    ladder = ["S1"] + [f"L{n}" for n in range(5, 0, -1)] + [f"T{n}" for n in range(12, 0, -1)]
+    base = 0 if sacrum else 6 - t12  # ladder index of segment 0
+    count_conf = 1.0 - (1.0 - sacrum_conf) * (1.0 - rib_conf)
     out = {}
-    ijk_all = None
-    for i, (za, zb) in enumerate(segs[: len(names)]):
+    for i, (za, zb) in enumerate(segs):
+        if not 0 <= base + i < len(ladder):
+            continue
+        name = ladder[base + i]
         m = ws == i + 1
         lab, n = ndi.label(m, structure=_BALL26)
         if n > 1:
             m = lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1)
-        ends = [col.disc_score[za - 1] if za - 1 >= 0 else 0.0, col.disc_score[zb + 1] if zb + 1 < nz else 0.0]
-        if i == 0:
-            ends = ends[1:]
-        top_cut = zb + 1 >= nz - 1 or i == len(segs) - 1
+        ends = []
+        if i > 0:
+            ends.append(col.disc_score[za - 1])
+        if i < len(segs) - 1:
+            ends.append(col.disc_score[zb + 1])
+        cut = (i == len(segs) - 1) or (i == 0 and not sacrum)  # no disc seen beyond it
         disc_conf = float(np.clip(min(ends) / 50.0, 0.0, 1.0)) if ends else 0.0
         h_mm = (zb - za + 1) * col.h[2]
-        shape_ok = i == 0 or (MIN_HEIGHT_MM <= h_mm + col.h[2] <= MAX_HEIGHT_MM)
-        conf = sacrum_conf * disc_conf * (1.0 if shape_ok else 0.5) * (0.3 if top_cut else 1.0)
+        shape_ok = name == "S1" or (MIN_HEIGHT_MM <= h_mm + col.h[2] <= MAX_HEIGHT_MM)
+        conf = count_conf * disc_conf * (1.0 if shape_ok else 0.5) * (0.3 if cut else 1.0)
         data = _from_canon(m.astype(np.uint8), col.perm, col.flips)
         mask = volume.with_data(data, units="label", kind="mask")
         vol_ml = float(data.sum()) * volume.voxel_volume_mm3 / 1000.0
         idx = np.argwhere(data)
         cen = volume.index_to_world(idx.mean(axis=0)) if idx.size else np.full(3, np.nan)
-        mask.meta.update(level=names[i], identified="auto", confidence=conf, volume_ml=vol_ml)
-        out[names[i]] = Level(names[i], mask, cen, conf, vol_ml,
-                              {"slices": (za, zb), "truncated": bool(top_cut), "height_mm": h_mm,
-                               "sacrum_width_mm": width if i == 0 else None})
+        mask.meta.update(level=name, identified="auto", confidence=conf, volume_ml=vol_ml)
+        out[name] = Level(name, mask, cen, conf, vol_ml,
+                          {"slices": (za, zb), "truncated": bool(cut), "height_mm": h_mm,
+                           "lateral_reach_mm": reach[i], "rib_bearing": ribbed[i],
+                           "landmarks": [n for n, ok in (("sacrum", sacrum), ("T12 ribs", t12 is not None)) if ok]})
     return out
+
+
+def _lateral_reach_mm(col: _Column, ws, i, seg) -> tuple:
+    """How far (mm) the segment's bone, or a separate bone touching it, reaches (left, right)
+    of the column's axis: ribs reach beyond 65 mm, lumbar transverse processes do not."""
+    z0, z1 = seg
+    xc = float(np.nanmean(col.track[z0:z1 + 1, 0]))
+    m = ws == i + 1
+    if not m.any():
+        return (0.0, 0.0)
+    xs = np.argwhere(m.any(axis=(1, 2)))[:, 0]
+    left, right = (xs.max() - xc) * col.h[0], (xc - xs.min()) * col.h[0]
+    # ribs not bridged to the vertebra at this resolution: small separate bones touching it
+    sl = slice(max(0, z0 - 2), z1 + 3)
+    other = col.bone[:, :, sl] & (ws[:, :, sl] == 0)
+    lab, n = ndi.label(other, structure=_BALL26)
+    if n:
+        near = ndi.binary_dilation(m[:, :, sl], iterations=2) & (lab > 0)
+        vox_ml = float(np.prod(col.h)) / 1000.0
+        sizes = np.bincount(lab.ravel())
+        for c in np.unique(lab[near]):
+            if c == 0 or sizes[c] * vox_ml > 60.0:  # an ilium, not a rib
+                continue
+            cx = np.argwhere((lab == c).any(axis=(1, 2)))[:, 0]
+            left = max(left, (cx.max() - xc) * col.h[0])
+            right = max(right, (xc - cx.min()) * col.h[0])
+    return (float(left), float(right))
 
 
 def isolate_level(volume: Volume, level: str, min_confidence: float = 0.3) -> Volume:
@@ -441,6 +491,9 @@ def isolate_at_seed(volume: Volume, seed_lps) -> Volume:
             raise SegmentationError(f"no vertebra within 10 mm of the seed point {seed.tolist()} (LPS mm)")
         v = int(lab[tuple(near[int(np.argmin(d))])])
     m = lab == v
+    comp, n = ndi.label(m, structure=_BALL26)
+    if n > 1:  # specks cut off by the rim trimming
+        m = comp == (np.argmax(np.bincount(comp.ravel())[1:]) + 1)
     out = volume.with_data(m.astype(np.uint8), units="label", kind="mask")
     out.meta.update(identified="seed", volume_ml=float(m.sum()) * volume.voxel_volume_mm3 / 1000.0)
     return out
