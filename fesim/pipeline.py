@@ -219,7 +219,7 @@ def segment(bmd: Volume, opts: RunOptions, hu: Volume | None = None) -> tuple[Vo
         if not vt.single_vertebra_in_view(image):
             raise
         warnings.warn(f"a single vertebra in the field of view and no landmark to count from ({exc}); "
-                      f"it is taken as {opts.level} unchecked: pass --labels or --seed-point to be sure")
+                      f"it is taken as {opts.level}, its level not verified: pass --labels or --seed-point to be sure")
         mask = seg.segment_vertebra(bmd)
         source = "single-vertebra mask"
     _check(mask, opts.level if source.startswith("automatic") else None, source)
