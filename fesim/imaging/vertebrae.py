@@ -51,6 +51,7 @@ SACRUM_HEIGHT_MM, SACRUM_WIDTH_MM = 45.0, 110.0
 PED_ZFRAC = 0.0        # pedicle marker over the whole segment height (fraction from its bottom)
 PED_X = (6.0, 24.0)
 SPIN = None            # optional spinous-process marker (y0, y1 mm, z fractions); off
+ILIUM_ML = 30.0        # lateral bone (beyond 50 mm) of more than this on each side: ilia, not ribs
 RIB_REACH_MM = 65.0    # bone of a rib-bearing segment reaches this far to both sides
 SURFACE_HU = 150.0     # a surface voxel below this (unsmoothed) is mostly soft tissue: trimmed
 PED_MM = (18.0, 36.0)  # pedicle marker: posterior offset (mm) from the body's axis (posterior wall to arch)
@@ -307,16 +308,18 @@ def _watershed(col: _Column, segs) -> np.ndarray:
 
 
 def _segment_width_mm(col: _Column, z0, z1) -> float:
-    """Largest left-right extent (mm) of the bone connected in-plane to the column's body."""
-    width = 0.0
+    """Median over the segment's slices of the left-right extent (mm) of the bone connected
+    in-plane to the column's body (the median ignores a slice through an oblique disc)."""
+    widths = []
     for z in range(z0, z1 + 1):
         lab, _ = ndi.label(col.bone[:, :, z])
         c = lab[int(round(col.track[z, 0])), int(round(col.track[z, 1]))]
         if c == 0:
+            widths.append(0.0)
             continue
         xs = np.flatnonzero((lab == c).any(axis=1))
-        width = max(width, (xs.max() - xs.min() + 1) * col.h[0])
-    return width
+        widths.append((xs.max() - xs.min() + 1) * col.h[0])
+    return float(np.median(widths)) if widths else 0.0
 
 
 def identify_vertebrae(volume: Volume) -> dict[str, Level]:
@@ -346,32 +349,42 @@ def identify_vertebrae(volume: Volume) -> dict[str, Level]:
             f"only {len(col.discs)} intervertebral disc(s) found along the spine: the field of view is too short "
             "or the levels are fused; cannot count levels (use --labels or --seed-point)")
     nz = col.smooth.shape[2]
-    z0, z1 = segs[0]
-    height = (z1 - z0 + 1) * col.h[2]
-    width = _segment_width_mm(col, z0, z1)
-    at_border = z0 <= 1
-    sacrum = (not at_border) and (height > SACRUM_HEIGHT_MM or width > SACRUM_WIDTH_MM)
-    sacrum_conf = float(np.clip(max((width - 90.0) / 40.0, (height - 35.0) / 20.0), 0.0, 1.0)) if sacrum else 0.0
     ws = _watershed(col, segs)
     reach = [_lateral_reach_mm(col, ws, i, segs[i]) for i in range(len(segs))]
-    ribbed = [min(r) >= RIB_REACH_MM for r in reach]
-    # T12: the lowest rib-bearing segment above a segment without ribs (not the lowest one:
-    # a pelvis cut by the border reaches as far)
-    t12 = next((i for i in range(1, len(segs)) if ribbed[i] and not ribbed[i - 1]), None)
-    rib_conf = float(np.clip((min(reach[t12]) - 55.0) / 20.0, 0.0, 1.0)) if t12 is not None else 0.0
+    # Sacrum: among the lowest three segments, the highest of those wide in-plane (alae) or
+    # carrying a large lateral bone (ilia), or a lowest segment over 45 mm high without a
+    # disc; the sacral parts below it are not named.
+    z0, z1 = segs[0]
+    height = (z1 - z0 + 1) * col.h[2]
+    at_border = z0 <= 1
+    widths = [_segment_width_mm(col, *segs[i]) for i in range(min(3, len(segs)))]
+    sacral = [widths[i] > SACRUM_WIDTH_MM or min(reach[i][2:]) > ILIUM_ML
+              or (i == 0 and not at_border and height > SACRUM_HEIGHT_MM) for i in range(len(widths))]
+    s1 = next((i for i in range(len(widths)) if sacral[i] and not (i + 1 < len(widths) and sacral[i + 1])), None)
+    sacrum = s1 is not None
+    sacrum_conf = 0.0
+    if sacrum:
+        sacrum_conf = 1.0 if min(reach[s1][2:]) > ILIUM_ML else float(
+            np.clip(max((widths[s1] - 90.0) / 40.0, (height - 35.0) / 20.0), 0.0, 1.0))
+    # T12: the lowest rib-bearing segment (bone reaching 65 mm to both sides, a few ml:
+    # ribs, not an ilium) above one without ribs, above the sacrum
+    ribbed = [min(r[:2]) >= RIB_REACH_MM and max(r[2:]) <= ILIUM_ML for r in reach]
+    first = (s1 + 1) if sacrum else 1
+    t12 = next((i for i in range(first, len(segs)) if ribbed[i] and not ribbed[i - 1]), None)
+    rib_conf = float(np.clip((min(reach[t12][:2]) - 55.0) / 20.0, 0.0, 1.0)) if t12 is not None else 0.0
     if not sacrum and t12 is None:
         why = ("its lowest segment is cut by the image border" if at_border else
-               f"its lowest segment ({height:.0f} mm high, {width:.0f} mm wide) is not a sacrum")
+               f"its lowest segment ({height:.0f} mm high, {widths[0]:.0f} mm wide) is not a sacrum")
         raise VertebraIdentificationError(
             f"cannot count vertebral levels: neither the sacrum ({why}) nor a rib-bearing vertebra (T12) is in "
             "the field of view; use --labels or --seed-point")
-    if sacrum and t12 is not None and t12 != 6:
+    if sacrum and t12 is not None and t12 - s1 != 6:
         raise VertebraIdentificationError(
-            f"cannot count vertebral levels: the sacrum and the last rib-bearing vertebra are {t12 - 1} segments "
-            "apart, not 5 lumbar vertebrae (transitional vertebra, fused or fractured level, or a missed disc); "
-            "use --labels or --seed-point")
+            f"cannot count vertebral levels: the sacrum and the last rib-bearing vertebra are {t12 - s1 - 1} "
+            "segments apart, not 5 lumbar vertebrae (transitional vertebra, fused or fractured level, or a missed "
+            "disc); use --labels or --seed-point")
     ladder = ["S1"] + [f"L{n}" for n in range(5, 0, -1)] + [f"T{n}" for n in range(12, 0, -1)]
-    base = 0 if sacrum else 6 - t12  # ladder index of segment 0
+    base = -s1 if sacrum else 6 - t12  # ladder index of segment 0
     count_conf = 1.0 - (1.0 - sacrum_conf) * (1.0 - rib_conf)
     out = {}
     for i, (za, zb) in enumerate(segs):
@@ -400,21 +413,26 @@ def identify_vertebrae(volume: Volume) -> dict[str, Level]:
         mask.meta.update(level=name, identified="auto", confidence=conf, volume_ml=vol_ml)
         out[name] = Level(name, mask, cen, conf, vol_ml,
                           {"slices": (za, zb), "truncated": bool(cut), "height_mm": h_mm,
-                           "lateral_reach_mm": reach[i], "rib_bearing": ribbed[i],
+                           "lateral_reach_mm": reach[i][:2], "lateral_ml": reach[i][2:],
+                           "rib_bearing": ribbed[i],
                            "landmarks": [n for n, ok in (("sacrum", sacrum), ("T12 ribs", t12 is not None)) if ok]})
     return out
 
 
 def _lateral_reach_mm(col: _Column, ws, i, seg) -> tuple:
     """How far (mm) the segment's bone, or a separate bone touching it, reaches (left, right)
-    of the column's axis: ribs reach beyond 65 mm, lumbar transverse processes do not."""
+    of the column's axis -- ribs reach beyond 65 mm, lumbar transverse processes do not --
+    and the volume (ml) of the segment's bone beyond 50 mm on each side (ilia: tens of ml)."""
     z0, z1 = seg
     xc = float(np.nanmean(col.track[z0:z1 + 1, 0]))
     m = ws == i + 1
     if not m.any():
-        return (0.0, 0.0)
+        return (0.0, 0.0, 0.0, 0.0)
     xs = np.argwhere(m.any(axis=(1, 2)))[:, 0]
     left, right = (xs.max() - xc) * col.h[0], (xc - xs.min()) * col.h[0]
+    dx = (np.arange(m.shape[0]) - xc) * col.h[0]
+    per_x = m.sum(axis=(1, 2)) * float(np.prod(col.h)) / 1000.0
+    ml_left, ml_right = float(per_x[dx > 50.0].sum()), float(per_x[dx < -50.0].sum())
     # ribs not bridged to the vertebra at this resolution: small separate bones touching it
     sl = slice(max(0, z0 - 2), z1 + 3)
     other = col.bone[:, :, sl] & (ws[:, :, sl] == 0)
@@ -429,7 +447,7 @@ def _lateral_reach_mm(col: _Column, ws, i, seg) -> tuple:
             cx = np.argwhere((lab == c).any(axis=(1, 2)))[:, 0]
             left = max(left, (cx.max() - xc) * col.h[0])
             right = max(right, (xc - cx.min()) * col.h[0])
-    return (float(left), float(right))
+    return (float(left), float(right), ml_left, ml_right)
 
 
 def isolate_level(volume: Volume, level: str, min_confidence: float = 0.3) -> Volume:
