@@ -136,3 +136,23 @@ def test_cli_seed_point_flag():
 
     args = build_parser().parse_args(["run", "scan", "--out", "o", "--seed-point", "1,-2.5,30"])
     assert args.seed_point == (1.0, -2.5, 30.0)
+
+
+@pytest.mark.slow
+def test_real_l4_strengths_without_labels_match_the_label_map(tmp_path):
+    """fesim run at L4 without labels against the label map (coarse: 3 mm mesh, screening,
+    one screw). Compression within 5 %; pullout within 20 % only: the automatic mask carries
+    parts of the neighbours' articular processes beside the pedicles, which moves the
+    planned screw (docs/identification.md)."""
+    from conftest import real_data_dir
+    from fesim.pipeline import run_scan
+
+    d = real_data_dir()
+    opts = dict(level="L4", calibration="internal", mesh_size_mm=3.0, strength_accuracy="screening",
+                screws="left", write_vtk=False)
+    auto = run_scan(d / "example_ct.nii.gz", tmp_path / "auto", **opts)
+    ref = run_scan(d / "example_ct.nii.gz", tmp_path / "labels", labels=str(d / "example_ct_labels.nii.gz"), **opts)
+    rel = {k: auto[k] / ref[k] - 1.0 for k in ("compression_strength_N", "pullout_strength_N")}
+    print({k: f"{v:+.1%}" for k, v in rel.items()})
+    assert abs(rel["compression_strength_N"]) <= 0.05
+    assert abs(rel["pullout_strength_N"]) <= 0.20
