@@ -48,13 +48,11 @@ MIDLINE_MM = 25.0
 DISK_MM = 14.0
 MIN_HEIGHT_MM, MAX_HEIGHT_MM = 18.0, 45.0
 SACRUM_HEIGHT_MM, SACRUM_WIDTH_MM = 45.0, 110.0
-PED_ZFRAC = 0.0        # pedicle marker over the whole segment height (fraction from its bottom)
-PED_X = (6.0, 24.0)
-SPIN = None            # optional spinous-process marker (y0, y1 mm, z fractions); off
 ILIUM_ML = 30.0        # lateral bone (beyond 50 mm) of more than this on each side: ilia, not ribs
 RIB_REACH_MM = 65.0    # bone of a rib-bearing segment reaches this far to both sides
 SURFACE_HU = 150.0     # a surface voxel below this (unsmoothed) is mostly soft tissue: trimmed
-PED_MM = (18.0, 36.0)  # pedicle marker: posterior offset (mm) from the body's axis (posterior wall to arch)
+PED_MM = (18.0, 36.0)  # pedicle seed: posterior offset (mm) from the body's axis (posterior wall to arch)
+PED_X = (6.0, 24.0)    # ... and its distance (mm) to each side of the axis
 
 #: Plausible whole-vertebra volumes (ml) per region, adult, generous bounds.
 VOLUME_RANGE_ML = {"C": (3.0, 40.0), "T": (10.0, 90.0), "L": (25.0, 160.0), "S": (20.0, 400.0)}
@@ -138,7 +136,6 @@ class _Column:
     h: np.ndarray           # canonical spacing
     perm: list
     flips: list
-    bone_t: float
 
 
 def _hu_equivalent(vol: Volume) -> np.ndarray:
@@ -200,7 +197,7 @@ def find_column(vol: Volume) -> _Column:
     dep = np.where(span, depth, np.nan)
     score = _dip(p75, h[2]) + 5.0 * _dip(dep, h[2])
     discs = _pick_discs(score, valid, h[2])
-    return _Column(a, s, bone, track, span, discs, score, h, perm, flips, BONE_HU)
+    return _Column(a, s, bone, track, span, discs, score, h, perm, flips)
 
 
 def _longest_run(flags, max_gap):
@@ -283,12 +280,10 @@ def _watershed(col: _Column, segs) -> np.ndarray:
         for z in range(z0 + (m if i > 0 else 0), z1 - m + 1):
             dx, dy = gx - tr[z, 0] * h[0], gy - tr[z, 1] * h[1]
             core = dx ** 2 + dy ** 2 <= core_r ** 2
-            if i > 0 and z >= z0 + PED_ZFRAC * (z1 - z0):
-                # pedicles leave the body's upper part straight backwards (canonical +y):
-                # seeding them keeps the arch, which slopes caudally, with its own body
+            if i > 0:
+                # the pedicles leave the body straight backwards (canonical +y): seeding
+                # them keeps the arch, which slopes caudally, with its own body
                 core |= (dy >= PED_MM[0]) & (dy <= PED_MM[1]) & (np.abs(dx) >= PED_X[0]) & (np.abs(dx) <= PED_X[1])
-            if i > 0 and SPIN is not None and z0 + SPIN[2] * (z1 - z0) <= z <= z0 + SPIN[3] * (z1 - z0):
-                core |= (dy >= SPIN[0]) & (dy <= SPIN[1]) & (np.abs(dx) <= 6.0)
             markers[:, :, z][core & bone[:, :, z]] = i + 1
     # the column's bone: connected to a marker
     lab, _ = ndi.label(bone, structure=_BALL26)
