@@ -64,6 +64,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("image and labels")
     g.add_argument("--labels", help="label map (NIfTI) on the CT grid, e.g. from TotalSegmentator or VerSe")
     g.add_argument("--level", default="L4", help="vertebra to analyse in the label map (default L4)")
+    g.add_argument("--seed-point", type=_vec3,
+                   help="without labels: a point x,y,z inside the vertebral body (patient LPS mm, as DICOM and "
+                        "fesim's outputs; NIfTI RAS x,y are negated) -- that vertebra is analysed, no level counting")
     g.add_argument("--label-values", help="comma-separated label values taken as one vertebra (overrides --level)")
     g.add_argument("--convention", default="auto", type=_convention,
                    choices=("auto",) + LABEL_CONVENTIONS.names(),

@@ -36,7 +36,8 @@ class RunOptions:
     """
 
     labels: str | None = None               # label map (NIfTI) on the CT grid
-    level: str = "L4"                       # vertebra to analyse when a label map is given
+    level: str = "L4"                       # vertebra to analyse (label map, or found by counting from the sacrum)
+    seed_point: tuple | None = None         # a point (LPS mm) inside the body: isolate that vertebra, no counting
     label_values: str | None = None         # "1,2,3" accepted as one vertebra (overrides level)
     convention: str = "auto"                # label numbering of the map: auto (detected) or a registered one
     series_uid: str | None = None           # DICOM series to read when a folder holds several
@@ -178,12 +179,18 @@ def calibrate(hu: Volume, opts: RunOptions):
     return c, c.apply(hu)
 
 
-def segment(bmd: Volume, opts: RunOptions) -> tuple[Volume, Volume | None]:
-    """Vertebra mask from a label map (when given) or by thresholding the BMD image.
+def segment(bmd: Volume, opts: RunOptions, hu: Volume | None = None) -> tuple[Volume, Volume | None]:
+    """Vertebra mask from a label map, a seed point, or automatic identification.
 
+    Without a label map, ``opts.seed_point`` (LPS mm) isolates the vertebra containing it;
+    otherwise the level is found by counting from the sacrum
+    (:func:`fesim.imaging.vertebrae.isolate_level`). A scan holding a single vertebra and no
+    column to count along (the synthetic phantom) is taken as ``opts.level`` with a warning.
+    Every mask, whatever its source, passes :func:`fesim.imaging.vertebrae.check_vertebra_mask`.
     Returns the mask and the label map on the CT grid (None without one).
     """
     from .imaging import segmentation as seg
+    from .imaging import vertebrae as vt
 
     if opts.labels:
         from .imaging.labels import parse_label_values, read_label_map, resolve_level_in_map
@@ -203,8 +210,33 @@ def segment(bmd: Volume, opts: RunOptions) -> tuple[Volume, Volume | None]:
             faces = ", ".join(mask.meta.get("truncated_faces") or []) or "image border"
             raise SegmentationError(f"vertebra {opts.label_values or opts.level} is truncated: it is cut by "
                                     f"the image border ({faces}); a partial vertebra cannot be analysed")
+        _check(mask, None if opts.label_values else opts.level, "label-map mask")
         return mask, labels
-    return seg.segment_vertebra(bmd), None
+    image = hu if hu is not None else bmd
+    if opts.seed_point is not None:
+        mask = vt.isolate_at_seed(image, opts.seed_point)
+        seed = ", ".join(f"{float(c):g}" for c in opts.seed_point)
+        _check(mask, None, f"vertebra at seed point ({seed}) mm LPS")
+        return mask, None
+    try:
+        mask = vt.isolate_level(image, opts.level)
+        source = f"automatic {opts.level} mask"
+    except vt.VertebraIdentificationError as exc:
+        if not vt.single_vertebra_in_view(image):
+            raise
+        warnings.warn(f"a single vertebra in the field of view and no landmark to count from ({exc}); "
+                      f"it is taken as {opts.level}, its level not verified: pass --labels or --seed-point to be sure")
+        mask = seg.segment_vertebra(bmd)
+        source = "single-vertebra mask"
+    _check(mask, opts.level if source.startswith("automatic") else None, source)
+    return mask, None
+
+
+def _check(mask: Volume, level, source: str) -> None:
+    from .imaging.vertebrae import check_vertebra_mask
+
+    for w in check_vertebra_mask(mask, level, source):
+        warnings.warn(w)
 
 
 def end_caps(mask: Volume, labels: Volume | None, regions: Volume, frame: dict, opts: RunOptions):
@@ -366,7 +398,7 @@ def _run(scan, out_dir, opts: RunOptions, progress=None) -> dict:
     with T("calibrate"):
         calib, bmd = calibrate(hu, opts)
     with T("segment"):
-        mask, labels = segment(bmd, opts)
+        mask, labels = segment(bmd, opts, hu)
         regions = subregions(mask)
         frame = regions.meta["frame"]
         cap_masks = end_caps(mask, labels, regions, frame, opts)
