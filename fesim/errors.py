@@ -70,3 +70,7 @@ class OptionError(InputError):
 
 class ResourceError(FesimError):
     """The work would exceed the available memory (predicted before allocating)."""
+
+
+class ResultError(FesimError):
+    """A scan result (``result.json``) is missing a key of the contract or holds a malformed value."""
