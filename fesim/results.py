@@ -145,11 +145,12 @@ class ScanResult:
     them, are kept in ``extra`` (written after the contract's keys).
     """
 
-    pullout_strength_N: float = key("N", "pullout strength, mean over the screws (NaN without screws)", "number",
+    pullout_strength_N: float = key("N", "pullout strength (peak force, or the linear surrogate with --strength "
+                                         "surrogate), mean over the screws (NaN without screws)", "number",
                                     label="Pullout strength")
     pullout_stiffness_N_per_mm: float = key("N/mm", "pullout stiffness, mean over the screws (NaN without "
                                                     "screws)", "number", label="Pullout stiffness")
-    compression_strength_N: float = key("N", "vertebral compression strength", "number",
+    compression_strength_N: float = key("N", "vertebral compression strength (peak force, or the linear surrogate)", "number",
                                         label="Compression strength")
     compression_stiffness_N_per_mm: float = key("N/mm", "vertebral compression stiffness", "number",
                                                 label="Compression stiffness")
@@ -311,11 +312,11 @@ def keys_markdown() -> str:
     """The tables of ``docs/results.md``: every key with its unit and description."""
     def table(cls, order):
         info = {f.name: f.metadata for f in _contract(cls)}
-        lines = ["| key | unit | description |", "|---|---|---|"]
+        lines = ["| key | unit | required | description |", "|---|---|---|---|"]
         for name in order:
             m = info[name]
-            need = "" if m["optional"] else " (required)"
-            lines.append(f"| `{name}` | {m['unit'] or '-'} | {m['description']}{need} |")
+            lines.append(f"| `{name}` | {m['unit'] or '-'} | {'no' if m['optional'] else 'yes'} | "
+                         f"{m['description']} |")
         return "\n".join(lines)
 
     return ("## result.json\n\n" + table(ScanResult, JSON_ORDER)
