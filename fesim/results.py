@@ -137,68 +137,79 @@ class AnalysisResult:
         return _as_dict(self)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ScanResult:
-    """One scan's result: the fields are ``result.json``'s keys, in the file's order.
+    """One scan's result: the fields are ``result.json``'s keys, in the file's order (keyword
+    arguments only, so that required and optional keys can keep that order).
 
     Keys outside the contract, as a custom per-scan function of the cohort runner may return
     them, are kept in ``extra`` (written after the contract's keys).
     """
 
-    pullout_strength_N: float = key("N", "pullout strength (peak force, or the linear surrogate with --strength "
-                                         "surrogate), mean over the screws (NaN without screws)", "number",
-                                    label="Pullout strength")
-    pullout_stiffness_N_per_mm: float = key("N/mm", "pullout stiffness, mean over the screws (NaN without "
-                                                    "screws)", "number", label="Pullout stiffness")
-    compression_strength_N: float = key("N", "vertebral compression strength (peak force, or the linear surrogate)", "number",
-                                        label="Compression strength")
-    compression_stiffness_N_per_mm: float = key("N/mm", "vertebral compression stiffness", "number",
-                                                label="Compression stiffness")
-    vbmd_screw_mg_cm3: float = key("mg/cm^3", "mean BMD of the bone in a cylinder around each screw path, mean "
-                                              "over the screws (NaN without screws)", "number", label="Screw-region vBMD",
-                                   short="screw vBMD")
-    vbmd_trabecular_mg_cm3: float = key("mg/cm^3", "trabecular vBMD: mean BMD in the central elliptical ROI of the vertebral body",
-                                        "number", label="Trabecular vBMD", short="trabecular vBMD")
-    abmd_g_cm2: float = key("g/cm^2", "QCT-derived areal BMD: mineral content of the body over its projected area on the coronal plane, as a PA DXA scan sees it",
-                            "number", label="QCT-derived aBMD", short="QCT aBMD")
+    scan_id: str | None = key("", "pseudonymous scan identifier (salted hash) or series key", "str",
+                              nullable=True, optional=True)
+    pullout_strength_N: float = key(
+        "N", "pullout strength (peak force, or the linear surrogate with --strength surrogate), mean over "
+             "the screws (NaN without screws)", "number", label="Pullout strength")
+    pullout_stiffness_N_per_mm: float = key(
+        "N/mm", "pullout stiffness, mean over the screws (NaN without screws)", "number",
+        label="Pullout stiffness")
+    compression_strength_N: float = key(
+        "N", "vertebral compression strength (peak force, or the linear surrogate)", "number",
+        label="Compression strength")
+    compression_stiffness_N_per_mm: float = key(
+        "N/mm", "vertebral compression stiffness", "number", label="Compression stiffness")
+    vbmd_trabecular_mg_cm3: float = key(
+        "mg/cm^3", "trabecular vBMD: mean BMD in the central elliptical ROI of the vertebral body", "number",
+        label="Trabecular vBMD", short="trabecular vBMD")
+    vbmd_integral_mg_cm3: float = key(
+        "mg/cm^3", "integral vBMD: mineral content of the whole body (cortex included, posterior elements "
+                   "excluded) over its volume", "number", optional=True)
+    abmd_g_cm2: float = key(
+        "g/cm^2", "QCT-derived areal BMD: mineral content of the body over its projected area on the coronal "
+                  "plane, as a PA DXA scan sees it", "number", label="QCT-derived aBMD", short="QCT aBMD")
+    vbmd_screw_mg_cm3: float = key(
+        "mg/cm^3", "mean BMD of the bone in a cylinder around each screw path, mean over the screws (NaN without "
+                   "screws)", "number", label="Screw-region vBMD", short="screw vBMD")
+    vbmd_screw_per_screw_mg_cm3: list = key("mg/cm^3", "screw-region vBMD of each screw", "list", optional=True)
     n_nodes: int = key("", "mesh nodes", "int")
     n_elements: int = key("", "mesh elements", "int")
     n_dofs: int = key("", "unknowns (3 per node)", "int")
     element_order: int = key("", "1 (tet4, hex8) or 2 (tet10)", "int")
+    mesh_type: str = key("", "cell type of the mesh: tet4, tet10 or hex8", "str", optional=True)
+    voxel_size_mm: float | None = key("mm", "voxel mesh edge (null for a tet mesh)", "number", nullable=True,
+                                      optional=True)
     strength_criterion: str = key("", "how the compression strength is defined (failure model or surrogate)",
                                   "str")
     fesim_version: str = key("", "fesim version that wrote the result", "str")
     timings_s: dict = key("s", "wall time per stage and load case", "dict")
-    scan_id: str | None = key("", "pseudonymous scan identifier (salted hash) or series key", "str",
-                              nullable=True, optional=True)
-    vbmd_integral_mg_cm3: float = key("mg/cm^3", "integral vBMD: mineral content of the whole body (cortex included, posterior "
-                                                 "elements excluded) over its volume", "number", optional=True)
-    vbmd_screw_per_screw_mg_cm3: list = key("mg/cm^3", "screw-region vBMD of each screw", "list", optional=True)
-    mesh_type: str = key("", "cell type of the mesh: tet4, tet10 or hex8", "str", optional=True)
-    voxel_size_mm: float | None = key("mm", "voxel mesh edge (null for a tet mesh)", "number", nullable=True,
-                                      optional=True)
-    calibration: dict = key("", "HU -> BMD calibration: slope, intercept, r2, method, BMD material, fitted points, details",
-                            "dict", optional=True)
-    screws: list = key("", "screw plans: side, entry, direction and tip (LPS mm), length, diameter, trajectory, material", "list",
-                       optional=True)
-    mesh_quality: dict = key("", "mesh quality: element volumes, dihedral angles, radius ratios, counts and volumes per region", "dict", optional=True)
+    calibration: dict = key(
+        "", "HU -> BMD calibration: slope, intercept, r2, method, BMD material, fitted points, details", "dict",
+        optional=True)
+    screws: list = key(
+        "", "screw plans: side, entry, direction and tip (LPS mm), length, diameter, trajectory, material",
+        "list", optional=True)
+    mesh_quality: dict = key(
+        "", "mesh quality: element volumes, dihedral angles, radius ratios, counts and volumes per region",
+        "dict", optional=True)
     material_law: str = key("", "density-modulus law", "str", optional=True)
     ash_conversion: str = key("", "QCT density -> ash density equation", "str", optional=True)
     analyses: dict = key("", "per load case: the fields of AnalysisResult", "dict", optional=True)
     options: dict = key("", "the run options (RunOptions)", "dict", optional=True)
     protocol: str = key("", "analysis protocol (fesim, spine-benchmark)", "str", optional=True)
-    provenance: dict = key("", "fesim and library versions, the options, SHA-256 of the scan and label inputs", "dict",
-                           optional=True)
+    provenance: dict = key("", "fesim and library versions, the options, SHA-256 of the scan and label inputs",
+                           "dict", optional=True)
     identifiers: dict = key("", "DICOM patient and study identifiers (only with --keep-identifiers)", "dict",
                             optional=True)
     benchmark_stiffness_N_per_mm: float = key("N/mm", "spine-benchmark protocol: stiffness", "number",
                                               optional=True)
-    benchmark_failure_load_N: float = key("N", "spine-benchmark protocol: peak force up to the failure "
-                                               "displacement", "number", optional=True)
+    benchmark_failure_load_N: float = key(
+        "N", "spine-benchmark protocol: peak force up to the failure displacement", "number", optional=True)
     benchmark_failure_displacement_mm: float = key("mm", "spine-benchmark protocol: failure displacement",
                                                    "number", optional=True)
-    benchmark_curve_complete: bool = key("", "spine-benchmark protocol: the curve reached the failure "
-                                             "displacement or passed its peak", "bool", optional=True)
+    benchmark_curve_complete: bool = key(
+        "", "spine-benchmark protocol: the curve reached the failure displacement or passed its peak", "bool",
+        optional=True)
     warnings: list = key("", "warnings raised while analysing the scan (sorted, unique)", "list", optional=True)
     extra: dict = field(default_factory=dict)
 
@@ -213,14 +224,12 @@ class ScanResult:
 
     # ------------------------------------------------------------------ writing
     def to_dict(self) -> dict:
-        """The ``result.json`` object: the contract's keys in :data:`JSON_ORDER`, then ``extra``."""
+        """The ``result.json`` object: the keys it holds in :data:`JSON_ORDER`, then ``extra``."""
         d = _as_dict(self)
         if isinstance(self.analyses, dict):
-            d["analyses"] = {k: a.to_dict() if isinstance(a, AnalysisResult) else a
-                             for k, a in self.analyses.items()}
-        out = {k: d[k] for k in JSON_ORDER if k in d}
-        out.update(self.extra)
-        return out
+            d[KEYS.analyses] = {k: a.to_dict() if isinstance(a, AnalysisResult) else a
+                                for k, a in self.analyses.items()}
+        return {**d, **self.extra}
 
     def csv_row(self) -> dict:
         """The scan's ``results.csv`` cells: :data:`RESULT_KEYS` (timings aside), then every
@@ -287,18 +296,8 @@ RESULT_KEYS = (KEYS.pullout_strength_N, KEYS.pullout_stiffness_N_per_mm, KEYS.co
                KEYS.strength_criterion, KEYS.fesim_version, KEYS.timings_s)
 #: The leading ``results.csv`` columns taken from a result (timings are not tabulated).
 CSV_KEYS = tuple(k for k in RESULT_KEYS if k != KEYS.timings_s)
-#: Order of the keys in ``result.json``.
-JSON_ORDER = (KEYS.scan_id, KEYS.pullout_strength_N, KEYS.pullout_stiffness_N_per_mm,
-              KEYS.compression_strength_N, KEYS.compression_stiffness_N_per_mm, KEYS.vbmd_trabecular_mg_cm3,
-              KEYS.vbmd_integral_mg_cm3, KEYS.abmd_g_cm2, KEYS.vbmd_screw_mg_cm3,
-              KEYS.vbmd_screw_per_screw_mg_cm3, KEYS.n_nodes, KEYS.n_elements, KEYS.n_dofs, KEYS.element_order,
-              KEYS.mesh_type, KEYS.voxel_size_mm, KEYS.strength_criterion, KEYS.fesim_version, KEYS.timings_s,
-              KEYS.calibration, KEYS.screws, KEYS.mesh_quality, KEYS.material_law, KEYS.ash_conversion,
-              KEYS.analyses, KEYS.options, KEYS.protocol, KEYS.provenance, KEYS.identifiers,
-              KEYS.benchmark_stiffness_N_per_mm, KEYS.benchmark_failure_load_N,
-              KEYS.benchmark_failure_displacement_mm, KEYS.benchmark_curve_complete, KEYS.warnings)
-
-
+#: Order of the keys in ``result.json``: the fields' order.
+JSON_ORDER = tuple(f.name for f in _contract(ScanResult))
 def key_info(name: str, analysis: bool = False) -> dict:
     """``unit``, ``description``, ``kind``, ``label``, ``short`` of a scan key (or, with
     ``analysis``, of an analysis key); :class:`KeyError` for a key outside the contract."""

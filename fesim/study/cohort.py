@@ -12,7 +12,8 @@ Layout of ``out_dir``::
 ``scan_id`` is ``<patient>_m<month>``, with ``_r<k>`` appended for a repeat scan (k >= 2).
 
 A scan whose ``result.json`` is valid (:meth:`fesim.results.ScanResult.from_json`: every key
-of :data:`~fesim.results.RESULT_KEYS`, values of the right kind) and whose ``inputs.json`` matches the current inputs is not rerun.
+of :data:`~fesim.results.RESULT_KEYS`, values of the right kind) and whose ``inputs.json``
+matches the current inputs is not rerun.
 
 No partial file is ever visible: each scan runs in a hidden staging folder
 (``scans/.partial-<random>/<scan_id>``) which is renamed to ``scans/<scan_id>`` once the scan
