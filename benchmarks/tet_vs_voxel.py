@@ -33,7 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fesim.errors import FesimError  # noqa: E402
+from fesim.mesh.tetmesh import REGION_BONE  # noqa: E402
 from fesim.pipeline import run_scan  # noqa: E402
+from fesim.results import ScanResult  # noqa: E402
 
 
 def _data_dir() -> Path:
@@ -67,9 +69,10 @@ def run_level(level: str, work: Path, accuracy: str, voxel_size, strength: str) 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             res = run_scan(scan, work / f"{level}_{kind}", **opts, **extra)
-        out[kind] = dict(k=res["compression_stiffness_N_per_mm"], F=res["compression_strength_N"],
-                         n=res["n_elements"], t=time.perf_counter() - t, type=res["mesh_type"],
-                         bone=res["mesh_quality"]["volume_per_region_mm3"].get(1, float("nan")))
+        r = ScanResult.from_dict(res)
+        out[kind] = dict(k=r.compression_stiffness_N_per_mm, F=r.compression_strength_N,
+                         n=r.n_elements, t=time.perf_counter() - t, type=r.mesh_type,
+                         bone=r.mesh_quality["volume_per_region_mm3"].get(REGION_BONE, float("nan")))
     return out
 
 

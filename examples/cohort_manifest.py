@@ -14,6 +14,7 @@ from pathlib import Path
 
 from fesim.synthetic.phantom import PhantomSpec, make_phantom, write_phantom
 from fesim.study.cohort import load_manifest, run_cohort
+from fesim.results import KEYS
 from fesim.study.report import write_report
 
 
@@ -36,8 +37,8 @@ def main(out="example_cohort", quick=False):
     results = run_cohort(load_manifest(manifest), out / "study", backend="local", options=options)
     write_report(results, out / "study")
     for r in results:
-        print(f"{r['patient']} month {r['month']:>2}: screw vBMD {r['vbmd_screw_mg_cm3']:.0f} mg/cm^3, "
-              f"pullout {r['pullout_strength_N']:.0f} N")
+        print(f"{r['patient']} month {r['month']:>2}: screw vBMD {r[KEYS.vbmd_screw_mg_cm3]:.0f} mg/cm^3, "
+              f"pullout {r[KEYS.pullout_strength_N]:.0f} N")
     return results
 
 

@@ -15,18 +15,19 @@ minutes per level): for a first look, not for numbers to report.
 
 import argparse
 import csv
-import math
 import sys
 from pathlib import Path
 
 from fesim.errors import FesimError
 from fesim.pipeline import run_scan
+from fesim.results import KEYS, UNSET, ScanResult
 
 QUICK = dict(element_order=1, mesh_size_mm=3.0, screw_mesh_size_mm=1.5, strength_accuracy="screening")
-COLUMNS = ["level", "pullout_strength_N", "pullout_stiffness_N_per_mm", "compression_strength_N",
-           "compression_stiffness_N_per_mm", "benchmark_failure_load_N", "benchmark_stiffness_N_per_mm",
-           "vbmd_trabecular_mg_cm3", "vbmd_screw_mg_cm3", "held_area_mm2", "held_axial_extent_mm",
-           "driven_area_mm2", "driven_axial_extent_mm", "supports_on", "error"]
+RESULT_COLUMNS = [KEYS.pullout_strength_N, KEYS.pullout_stiffness_N_per_mm, KEYS.compression_strength_N,
+                  KEYS.compression_stiffness_N_per_mm, KEYS.benchmark_failure_load_N,
+                  KEYS.benchmark_stiffness_N_per_mm, KEYS.vbmd_trabecular_mg_cm3, KEYS.vbmd_screw_mg_cm3]
+COLUMNS = ["level", *RESULT_COLUMNS, "held_area_mm2", "held_axial_extent_mm", "driven_area_mm2",
+           "driven_axial_extent_mm", "supports_on", "error"]
 
 
 def analyse_levels(ct, labels, out, levels=("L1", "L2", "L3", "L4", "L5"), quick=False, **options):
@@ -44,17 +45,17 @@ def analyse_levels(ct, labels, out, levels=("L1", "L2", "L3", "L4", "L5"), quick
             print(f"{level}: not analysed: {exc}")
             rows.append(row)
             continue
-        row.update({k: res.get(k) for k in COLUMNS if k in res})
-        bc = res["analyses"]["compression"]["boundary_conditions"]
+        r = ScanResult.from_dict(res)
+        row.update({k: res[k] for k in RESULT_COLUMNS if k in res})
+        bc = r.analyses["compression"].boundary_conditions
         row.update(held_area_mm2=bc["fixed"]["area_mm2"], held_axial_extent_mm=bc["fixed"]["axial_extent_mm"],
                    driven_area_mm2=bc["driven"]["area_mm2"], driven_axial_extent_mm=bc["driven"]["axial_extent_mm"],
                    supports_on=bc["fixed"]["on"])
-        pull = res["pullout_strength_N"]
-        print(f"{level}: compression {res['compression_strength_N']:.0f} N "
-              f"({res['compression_stiffness_N_per_mm']:.0f} N/mm)"
-              + ("" if math.isnan(pull) else f", pullout {pull:.0f} N")
-              + (f", benchmark failure load {res['benchmark_failure_load_N']:.0f} N"
-                 if "benchmark_failure_load_N" in res else "")
+        print(f"{level}: compression {r.compression_strength_N:.0f} N "
+              f"({r.compression_stiffness_N_per_mm:.0f} N/mm)"
+              + (f", pullout {r.pullout_strength_N:.0f} N" if r.has_screws else "")
+              + (f", benchmark failure load {r.benchmark_failure_load_N:.0f} N"
+                 if r.benchmark_failure_load_N is not UNSET else "")
               + f"; held on {bc['fixed']['area_mm2']:.0f} mm2 of {bc['fixed']['on']}")
         rows.append(row)
     with open(out / "levels.csv", "w", newline="") as fh:

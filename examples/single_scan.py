@@ -12,6 +12,7 @@ from pathlib import Path
 
 from fesim.synthetic.phantom import PhantomSpec, make_phantom, write_phantom
 from fesim.pipeline import run_scan
+from fesim.results import ScanResult
 
 
 def main(out="example_single", quick=False):
@@ -21,12 +22,11 @@ def main(out="example_single", quick=False):
     options = dict(mesh_size_mm=3.0, screw_mesh_size_mm=1.5, element_order=1, strength_accuracy="screening",
                    screws="left") if quick else {}
     res = run_scan(out / "scan" / "dicom", out / "result", export=("inp", "feb"), **options)
-    print(f"trabecular vBMD {res['vbmd_trabecular_mg_cm3']:.0f} mg/cm^3, screw vBMD "
-          f"{res['vbmd_screw_mg_cm3']:.0f} mg/cm^3")
-    print(f"pullout strength {res['pullout_strength_N']:.0f} N "
-          f"(stiffness {res['pullout_stiffness_N_per_mm']:.0f} N/mm)")
-    print(f"compression strength {res['compression_strength_N']:.0f} N "
-          f"(stiffness {res['compression_stiffness_N_per_mm']:.0f} N/mm)")
+    r = ScanResult.from_dict(res)  # the typed result: every key with its unit in docs/results.md
+    print(f"trabecular vBMD {r.vbmd_trabecular_mg_cm3:.0f} mg/cm^3, screw vBMD {r.vbmd_screw_mg_cm3:.0f} mg/cm^3")
+    print(f"pullout strength {r.pullout_strength_N:.0f} N (stiffness {r.pullout_stiffness_N_per_mm:.0f} N/mm)")
+    print(f"compression strength {r.compression_strength_N:.0f} N "
+          f"(stiffness {r.compression_stiffness_N_per_mm:.0f} N/mm)")
     return res
 
 

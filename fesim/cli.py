@@ -198,21 +198,21 @@ def _given_run_options(args) -> dict:
 def cmd_run(args):
     from .pipeline import run_scan
     from .progress import RunProgress
-
-    import math
+    from .results import UNSET, ScanResult
 
     bar = RunProgress("run")
     try:
         res = run_scan(args.scan, args.out, progress=bar, **_run_options(args))
     finally:
         bar.close()
+    res = ScanResult.from_dict(res)
     parts = []
-    if not math.isnan(res["pullout_strength_N"]):
-        parts.append(f"pullout strength {res['pullout_strength_N']:.0f} N")
-    parts.append(f"compression strength {res['compression_strength_N']:.0f} N")
-    if "benchmark_failure_load_N" in res:
-        parts.append(f"benchmark failure load {res['benchmark_failure_load_N']:.0f} N, stiffness "
-                     f"{res['benchmark_stiffness_N_per_mm']:.0f} N/mm")
+    if res.has_screws:
+        parts.append(f"pullout strength {res.pullout_strength_N:.0f} N")
+    parts.append(f"compression strength {res.compression_strength_N:.0f} N")
+    if res.benchmark_failure_load_N is not UNSET:
+        parts.append(f"benchmark failure load {res.benchmark_failure_load_N:.0f} N, stiffness "
+                     f"{res.benchmark_stiffness_N_per_mm:.0f} N/mm")
     print(f"{', '.join(parts)}; results in {Path(args.out) / 'result.json'}")
 
 

@@ -64,6 +64,10 @@ class SolverError(FesimError):
     """The linear solver failed (singular system, no convergence, ...)."""
 
 
+class ResultError(FesimError):
+    """A scan result (``result.json``) lacks a key of the contract or holds a malformed value."""
+
+
 class OptionError(InputError):
     """A command-line option or run option has an invalid value."""
 

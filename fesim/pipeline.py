@@ -20,6 +20,7 @@ from . import __version__
 from .errors import InputError
 from .io.atomic import atomic_write_json
 from .provenance import provenance
+from .results import AnalysisResult, ScanResult
 from .imaging.volume import Volume
 from .imaging.screwplan import TIP_SHAPES, ScrewPlan
 from .imaging.segmentation import BODY_CODES, POSTERIOR_CODES
@@ -328,20 +329,18 @@ def plan(mask: Volume, regions: Volume, opts: RunOptions) -> list[ScrewPlan]:
 
 
 def bmd_measures(bmd: Volume, mask: Volume, regions: Volume, frame: dict, screws, opts) -> dict:
+    """The BMD measures of :class:`~fesim.results.ScanResult` (its keyword arguments)."""
     from .imaging import bmd as bm
 
     body = np.isin(regions.data, BODY_CODES)
     posterior = np.isin(regions.data, POSTERIOR_CODES)  # kept out of the body's partial-volume margin
-    out = {
-        "vbmd_trabecular_mg_cm3": bm.trabecular_vbmd(bmd, body, axis=frame["body_axis"],
-                                                     center=frame["body_center"]),
-        "vbmd_integral_mg_cm3": bm.integral_vbmd(bmd, body, exclude=posterior),
-        "abmd_g_cm2": bm.areal_bmd(bmd, body, ap_axis=frame["ap_axis"], exclude=posterior),
-    }
     per = [bm.screw_vbmd(bmd, s, mask, radius_mm=opts.screw_roi_radius_mm) for s in screws]
-    out["vbmd_screw_mg_cm3"] = float(np.mean(per)) if per else float("nan")
-    out["vbmd_screw_per_screw_mg_cm3"] = per
-    return out
+    return dict(vbmd_trabecular_mg_cm3=bm.trabecular_vbmd(bmd, body, axis=frame["body_axis"],
+                                                         center=frame["body_center"]),
+                vbmd_integral_mg_cm3=bm.integral_vbmd(bmd, body, exclude=posterior),
+                abmd_g_cm2=bm.areal_bmd(bmd, body, ap_axis=frame["ap_axis"], exclude=posterior),
+                vbmd_screw_mg_cm3=float(np.mean(per)) if per else float("nan"),
+                vbmd_screw_per_screw_mg_cm3=per)
 
 
 def export_models(out: Path, mesh, mat, cases, formats, delta_mm: float = 0.1) -> list[Path]:
@@ -367,20 +366,22 @@ def run_scan(scan, out_dir, progress=None, **options) -> dict:
     Returns
     -------
     dict
-        The contents of ``result.json``.
+        The contents of ``result.json`` (:meth:`fesim.results.ScanResult.to_dict`; read it back
+        with :meth:`~fesim.results.ScanResult.from_dict`).
     """
     opts = RunOptions.from_dict(options)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = _run(scan, out_dir, opts, progress)
-    result["warnings"] = sorted({str(w.message) for w in caught})
+    result.warnings = sorted({str(w.message) for w in caught})
     for w in caught:  # hand them on to the caller's handlers (the CLI prints one line each)
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    atomic_write_json(Path(out_dir) / "result.json", result)
-    return result
+    out = result.to_dict()
+    atomic_write_json(Path(out_dir) / "result.json", out)
+    return out
 
 
-def _run(scan, out_dir, opts: RunOptions, progress=None) -> dict:
+def _run(scan, out_dir, opts: RunOptions, progress=None) -> ScanResult:
     from .analysis.loadcases import BodyFrame, load_cases
     from .analysis.outputs import write_case_outputs
     from .analysis.protocols import PROTOCOLS, benchmark_numbers
@@ -448,41 +449,39 @@ def _run(scan, out_dir, opts: RunOptions, progress=None) -> dict:
     comp = analyses["compression"]
     case_audit = {c.name: c.audit for c in cases}
     pulls = [analyses[c.name] for c in cases if c.screw is not None]
-    result = {
-        "scan_id": hu.meta.get("pseudonym") or hu.meta.get("series_key"),
-        "pullout_strength_N": float(np.mean([strength(r) for r in pulls])) if pulls else float("nan"),
-        "pullout_stiffness_N_per_mm": float(np.mean([r.stiffness_N_per_mm for r in pulls])) if pulls else float("nan"),
-        "compression_strength_N": strength(comp),
-        "compression_stiffness_N_per_mm": comp.stiffness_N_per_mm,
-        **{k: v for k, v in measures.items()},
-        "n_nodes": mesh.n_nodes,
-        "n_elements": mesh.n_elements,
-        "n_dofs": 3 * mesh.n_nodes,
-        "element_order": mesh.order,
-        "mesh_type": mesh.cell_type,
-        "voxel_size_mm": mesh.info.get("voxel_size_mm"),
-        "strength_criterion": comp.criterion if opts.strength == "nonlinear" else
+    result = ScanResult(
+        scan_id=hu.meta.get("pseudonym") or hu.meta.get("series_key"),
+        pullout_strength_N=float(np.mean([strength(r) for r in pulls])) if pulls else float("nan"),
+        pullout_stiffness_N_per_mm=float(np.mean([r.stiffness_N_per_mm for r in pulls])) if pulls else float("nan"),
+        compression_strength_N=strength(comp),
+        compression_stiffness_N_per_mm=comp.stiffness_N_per_mm,
+        **measures,
+        n_nodes=mesh.n_nodes,
+        n_elements=mesh.n_elements,
+        n_dofs=3 * mesh.n_nodes,
+        element_order=mesh.order,
+        mesh_type=mesh.cell_type,
+        voxel_size_mm=mesh.info.get("voxel_size_mm"),
+        strength_criterion=comp.criterion if opts.strength == "nonlinear" else
         "linear surrogate: load at which 2 % of bone volume exceeds its yield strain",
-        "fesim_version": __version__,
-        "timings_s": T.t,
-        "calibration": calib.to_dict(),
-        "screws": [s.to_dict() for s in screws],
-        "mesh_quality": quality,
-        "material_law": opts.law,
-        "ash_conversion": opts.ash_conversion,
-        "analyses": {name: {**r.summary(), "strength_criterion": r.criterion,
-                            "boundary_conditions": case_audit[name]}
-                     for name, r in analyses.items()},
-        "options": asdict(opts),
-        "protocol": opts.protocol,
-        "provenance": provenance(scan, asdict(opts), opts.labels),
-    }
+        fesim_version=__version__,
+        timings_s=T.t,
+        calibration=calib.to_dict(),
+        screws=[s.to_dict() for s in screws],
+        mesh_quality=quality,
+        material_law=opts.law,
+        ash_conversion=opts.ash_conversion,
+        analyses={name: AnalysisResult.from_strength(r, case_audit[name]) for name, r in analyses.items()},
+        options=asdict(opts),
+        protocol=opts.protocol,
+        provenance=provenance(scan, asdict(opts), opts.labels),
+    )
     if opts.keep_identifiers:  # explicit opt-in only: results otherwise carry pseudonyms
         from .imaging.dicom import read_identifiers
 
-        result["identifiers"] = read_identifiers(scan, opts.series_uid) if Path(scan).is_dir() else {}
+        result.identifiers = read_identifiers(scan, opts.series_uid) if Path(scan).is_dir() else {}
     if protocol.failure_displacement_mm is not None:
-        result.update(benchmark_numbers(comp, protocol))
+        result.with_benchmark(benchmark_numbers(comp, protocol))
     return result
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from fesim.synthetic.phantom import PhantomSpec, make_phantom, write_phantom
 from fesim.pipeline import run_scan
+from fesim.results import ScanResult
 
 from conftest import pv_check_script, real_data_dir
 
@@ -37,6 +38,10 @@ def test_result_contract(phantom_run):
     for k in CONTRACT[:7]:
         assert math.isfinite(on_disk[k]) and on_disk[k] > 0, (k, on_disk[k])
     assert on_disk["n_dofs"] == 3 * on_disk["n_nodes"]
+    # the contract reads the real result back to the same object (the file's keys in its order)
+    back = ScanResult.from_json(root / "out" / "result.json")
+    assert back.extra == {} and set(back.analyses) == {"compression", "pullout_left"}
+    assert list(back.to_dict()) == list(on_disk) and back.to_dict() == on_disk
     assert on_disk["element_order"] == 1
     assert set(on_disk["timings_s"]) >= {"read", "calibrate", "segment", "plan", "mesh", "materials"}
     # literature ranges for elderly lumbar vertebrae (domain.md section 5)

@@ -80,8 +80,9 @@ def test_benchmark_numbers_from_a_curve():
 
     out = benchmark_numbers(R, PROTOCOLS["spine-benchmark"])
     # the largest force up to 2 mm: 4000 at 1 mm (the 5000 at 2.5 mm is beyond the protocol's 2 mm)
-    assert out["benchmark_failure_load_N"] == pytest.approx(4250.0)  # interpolated at 2.0 mm
-    assert out["benchmark_stiffness_N_per_mm"] == 20000.0
+    assert out.failure_load_N == pytest.approx(4250.0)  # interpolated at 2.0 mm
+    assert out.stiffness_N_per_mm == 20000.0
+    assert out.failure_displacement_mm == 2.0 and out.curve_complete
 
 
 def test_phantom_under_the_protocol(tmp_path):

@@ -107,7 +107,17 @@ def can_fail(mesh: TetMesh) -> np.ndarray:
     return np.isin(mesh.region, (REGION_BONE, REGION_CAP_LOWER, REGION_CAP_UPPER))
 
 
-def benchmark_numbers(res, protocol: Protocol) -> dict:
+@dataclass(frozen=True)
+class BenchmarkNumbers:
+    """The benchmark's numbers of one compression curve (``benchmark_*`` in result.json)."""
+
+    stiffness_N_per_mm: float
+    failure_load_N: float  # peak force up to the failure displacement
+    failure_displacement_mm: float
+    curve_complete: bool  # the curve reached the failure displacement or passed its peak
+
+
+def benchmark_numbers(res, protocol: Protocol) -> BenchmarkNumbers:
     """The benchmark's stiffness (N/mm) and failure load (N) from a force-displacement curve."""
     d = np.asarray(res.curve_displacement_mm, float)
     f = np.asarray(res.curve_force_N, float)
@@ -117,7 +127,4 @@ def benchmark_numbers(res, protocol: Protocol) -> dict:
     if d[-1] > dmax and not within.all():  # include the force at exactly dmax
         peak = max(peak, float(np.interp(dmax, d, f)))
     reached = bool(d[-1] >= dmax or res.passed_peak)
-    return {"benchmark_stiffness_N_per_mm": float(res.stiffness_N_per_mm),
-            "benchmark_failure_load_N": peak,
-            "benchmark_failure_displacement_mm": dmax,
-            "benchmark_curve_complete": reached}
+    return BenchmarkNumbers(float(res.stiffness_N_per_mm), peak, dmax, reached)

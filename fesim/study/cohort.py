@@ -11,8 +11,9 @@ Layout of ``out_dir``::
 
 ``scan_id`` is ``<patient>_m<month>``, with ``_r<k>`` appended for a repeat scan (k >= 2).
 
-A scan whose ``result.json`` is valid (a JSON object holding every key of
-:data:`RESULT_KEYS`) and whose ``inputs.json`` matches the current inputs is not rerun.
+A scan whose ``result.json`` is valid (:meth:`fesim.results.ScanResult.from_json`: every key
+of :data:`~fesim.results.RESULT_KEYS`, values of the right kind) and whose ``inputs.json``
+matches the current inputs is not rerun.
 
 No partial file is ever visible: each scan runs in a hidden staging folder
 (``scans/.partial-<random>/<scan_id>``) which is renamed to ``scans/<scan_id>`` once the scan
@@ -42,18 +43,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fesim.errors import InputError, ManifestError
+from fesim.errors import InputError, ManifestError, ResultError
 from fesim.io.atomic import atomic_write_json, atomic_write_text, json_default as _json_default  # noqa: F401
+from fesim.results import CSV_KEYS, RESULT_KEYS, ScanResult  # noqa: F401 (RESULT_KEYS: the runner's contract)
 
 log = logging.getLogger(__name__)
 
-#: Keys every per-scan ``result.json`` must hold; also the leading ``results.csv`` columns.
-RESULT_KEYS = (
-    "pullout_strength_N", "pullout_stiffness_N_per_mm", "compression_strength_N",
-    "compression_stiffness_N_per_mm", "vbmd_screw_mg_cm3", "vbmd_trabecular_mg_cm3",
-    "abmd_g_cm2", "n_nodes", "n_elements", "n_dofs", "element_order", "strength_criterion",
-    "fesim_version", "timings_s",
-)
 #: Columns taken from the scan list rather than from result.json.
 SCAN_COLUMNS = ("patient", "month")
 INPUT_COLUMNS = ("repeat", "arm", "visit_date", "dxa_tscore", "dxa_abmd_g_cm2")
@@ -225,15 +220,12 @@ def load_manifest(path, allow_outside: bool = False) -> list[dict]:
     return rows
 
 
-def read_valid_result(path) -> dict | None:
-    """The result dict in ``path``, or None when missing, unreadable or lacking keys."""
+def read_valid_result(path) -> ScanResult | None:
+    """The result in ``path``, or None when missing, unreadable or not a valid result."""
     try:
-        res = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return ScanResult.from_json(path)
+    except ResultError:
         return None
-    if not isinstance(res, dict) or any(k not in res for k in RESULT_KEYS):
-        return None
-    return res
 
 
 def _inputs_record(scan: Scan, options: dict) -> dict:
@@ -300,10 +292,8 @@ def _run_task(run_one, scan: Scan, scan_dir: str, options: dict):
             log.warning("%s", w.message)
         if not isinstance(res, dict):
             raise TypeError(f"per-scan function returned {type(res).__name__}, not dict")
-        missing = [k for k in RESULT_KEYS if k not in res]
-        if missing:
-            raise KeyError(f"result lacks key(s): {', '.join(missing)}")
-        atomic_write_json(stage / "result.json", res)
+        res = ScanResult.from_dict(res)
+        atomic_write_json(stage / "result.json", res.to_dict())
         atomic_write_json(stage / "inputs.json", _inputs_record(scan, options))
         log.info("scan %s done in %.1f s (CPU %.1f s)", scan.scan_id,
                  time.perf_counter() - t_wall, time.process_time() - t_cpu)
@@ -468,19 +458,21 @@ def run_cohort(scans, out_dir, run_one=None, backend: str = "local", n_workers: 
     return rows
 
 
-def result_row(scan: Scan, result: dict) -> dict:
-    """Flatten one scan's result into a ``results.csv`` row (timings dropped)."""
+def result_row(scan: Scan, result: ScanResult | dict) -> dict:
+    """One scan's ``results.csv`` row: patient, month, :meth:`ScanResult.csv_row
+    <fesim.results.ScanResult.csv_row>` (a result's columns holding an input's name aside), inputs."""
+    if not isinstance(result, ScanResult):
+        result = ScanResult.from_dict(result)
     row = {"patient": scan.patient, "month": scan.month}
-    row.update({k: result[k] for k in RESULT_KEYS if k != "timings_s"})
-    row.update({k: result[k] for k in sorted(result) if k not in row and k != "timings_s"
-                and k not in INPUT_COLUMNS and not isinstance(result[k], (dict, list))})
+    row.update({k: v for k, v in result.csv_row().items() if k not in row and k not in INPUT_COLUMNS})
     row.update({k: getattr(scan, k) for k in INPUT_COLUMNS})
     return row
 
 
 def csv_columns(rows) -> list[str]:
-    """Fixed column order: patient, month, RESULT_KEYS, extra result keys (sorted), inputs."""
-    fixed = list(SCAN_COLUMNS) + [k for k in RESULT_KEYS if k != "timings_s"]
+    """Fixed column order: patient, month, :data:`~fesim.results.CSV_KEYS`, extra result keys
+    (sorted), inputs."""
+    fixed = list(SCAN_COLUMNS) + list(CSV_KEYS)
     extra = sorted({k for r in rows for k in r} - set(fixed) - set(INPUT_COLUMNS))
     return fixed + extra + list(INPUT_COLUMNS)
 

@@ -17,9 +17,10 @@ import platform
 from pathlib import Path
 
 from fesim.errors import InputError
+from fesim.results import KEYS, key_info
 from fesim.io.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from fesim.study import figures as F
-from fesim.study.tables import (ABMD_KEYS, BMD_MEASURES, MEASURES, POS, STATS_COLUMNS, STRENGTHS,
+from fesim.study.tables import (ABMD_KEYS, BMD_MEASURES, DXA_ABMD, MEASURES, POS, STATS_COLUMNS, STRENGTHS,
                                 cohort_statistics, n_primary_tests, primary_rows, stats_table)
 
 #: Figures always drawn (file names under ``figures/``); scatter plots are added per pair.
@@ -28,8 +29,7 @@ FIGURES = {
     "curves_pullout": "fig_curves_pullout.png",
     "curves_compression": "fig_curves_compression.png",
 }
-_SHORT = {"dxa_abmd_g_cm2": "DXA aBMD", "abmd_g_cm2": "QCT aBMD", "vbmd_screw_mg_cm3": "screw vBMD",
-          "vbmd_trabecular_mg_cm3": "trabecular vBMD"}
+_SHORT = {DXA_ABMD: "DXA aBMD", **{k: key_info(k)["short"] for k in BMD_MEASURES if k != DXA_ABMD}}
 
 
 def _f(v, d=2) -> str:
@@ -71,13 +71,13 @@ def methods_text(rows, st, config: dict, n_primary: int) -> str:
 
     v = versions()
     opts = config.get("options", {})
-    order = uniq("element_order")
+    order = uniq(KEYS.element_order)
     mesh = ""
     if opts.get("mesh_size_mm") is not None:
         mesh = (f" Meshes were conforming {'tet10' if order == '2' else 'tet4' if order == '1' else 'tet'} "
                 f"meshes of {opts['mesh_size_mm']:g} mm bulk and "
                 f"{opts.get('screw_mesh_size_mm', 1.0):g} mm screw-interface element size")
-        n_el = sorted(float(r["n_elements"]) for r in rows if r.get("n_elements") not in (None, ""))
+        n_el = sorted(float(r[KEYS.n_elements]) for r in rows if r.get(KEYS.n_elements) not in (None, ""))
         mesh += f" (median {n_el[len(n_el) // 2]:,.0f} elements)." if n_el else "."
     law = f" Moduli from the '{opts['law']}' density-modulus law." if opts.get("law") else ""
     acc = (f" Secant accuracy preset '{opts['strength_accuracy']}'."
@@ -87,7 +87,7 @@ def methods_text(rows, st, config: dict, n_primary: int) -> str:
                if config.get("backend") else "")
     return (
         f"Each QCT scan was analysed with fesim {v['fesim']} (Python {v['python']}, NumPy "
-        f"{v['numpy']}).{mesh}{law} Pullout and compression strength: {uniq('strength_criterion')}."
+        f"{v['numpy']}).{mesh}{law} Pullout and compression strength: {uniq(KEYS.strength_criterion)}."
         f"{acc}{backend} Statistics used SciPy {v['scipy']} and statsmodels {v['statsmodels']}. Per "
         "visit, measures are mean ± SD with a t-based 95 % CI of the mean; associations are "
         "Pearson r with a 95 % CI from Fisher's z transform and Spearman rho with the CI of "
@@ -314,8 +314,7 @@ def write_report(rows, out_dir, notes=(), figures: bool = True, scans_dir=None,
     dict
         The statistics written to ``stats.json``.
     """
-    rows = [r for r in rows if r.get(POS) not in (None, "") or r.get("compression_strength_N")
-            not in (None, "")]
+    rows = [r for r in rows if any(r.get(k) not in (None, "") for k in STRENGTHS)]
     if not rows:
         raise InputError("no successful scans to report on (see failures.json of the study run)")
     out_dir = Path(out_dir)
@@ -330,7 +329,7 @@ def write_report(rows, out_dir, notes=(), figures: bool = True, scans_dir=None,
             figs.append((f"{MEASURES[y][0]} vs {MEASURES[x][0]} per visit (least-squares line, "
                          "Pearson r [95 % CI])", f"fig_{y.split('_')[0]}_vs_{x}.png",
                          F.scatter(st, prim, y, x)))
-        keys = [k for k in (*STRENGTHS, "vbmd_screw_mg_cm3", *ABMD_KEYS) if k in st["measures"]][:4]
+        keys = [k for k in (*STRENGTHS, KEYS.vbmd_screw_mg_cm3, *ABMD_KEYS) if k in st["measures"]][:4]
         figs.append(("Per-patient trajectories with the visit mean ± 95 % CI", FIGURES["spaghetti"],
                      F.spaghetti(st, prim, keys)))
         curves = F.load_curves(scans_dir, prim) if scans_dir.is_dir() else {}

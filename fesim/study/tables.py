@@ -12,29 +12,29 @@ from __future__ import annotations
 
 from itertools import combinations
 
+from fesim.results import KEYS, key_info
+
 from . import stats as S
 
-#: Measures summarised per visit, with display labels and units.
+#: Columns of the scan list (not of the result) that are measures too: DXA areal BMD and T-score.
+DXA_ABMD, DXA_TSCORE = "dxa_abmd_g_cm2", "dxa_tscore"
+POS = KEYS.pullout_strength_N
+STRENGTHS = (POS, KEYS.compression_strength_N)
+BMD_MEASURES = (KEYS.vbmd_screw_mg_cm3, KEYS.vbmd_trabecular_mg_cm3, KEYS.abmd_g_cm2, DXA_ABMD)
+#: Measures summarised per visit, with display labels and units (of the result's keys: the
+#: result contract, :mod:`fesim.results`).
 MEASURES = {
-    "pullout_strength_N": ("Pullout strength", "N"),
-    "pullout_stiffness_N_per_mm": ("Pullout stiffness", "N/mm"),
-    "compression_strength_N": ("Compression strength", "N"),
-    "compression_stiffness_N_per_mm": ("Compression stiffness", "N/mm"),
-    "vbmd_screw_mg_cm3": ("Screw-region vBMD", "mg/cm^3"),
-    "vbmd_trabecular_mg_cm3": ("Trabecular vBMD", "mg/cm^3"),
-    "abmd_g_cm2": ("QCT-derived aBMD", "g/cm^2"),
-    "dxa_abmd_g_cm2": ("DXA aBMD", "g/cm^2"),
-    "dxa_tscore": ("DXA T-score", "SD"),
+    **{k: (key_info(k)["label"], key_info(k)["unit"])
+       for k in (POS, KEYS.pullout_stiffness_N_per_mm, KEYS.compression_strength_N,
+                 KEYS.compression_stiffness_N_per_mm, *BMD_MEASURES[:-1])},
+    DXA_ABMD: ("DXA aBMD", "g/cm^2"),
+    DXA_TSCORE: ("DXA T-score", "SD"),
 }
-POS = "pullout_strength_N"
-STRENGTHS = ("pullout_strength_N", "compression_strength_N")
-BMD_MEASURES = ("vbmd_screw_mg_cm3", "vbmd_trabecular_mg_cm3", "abmd_g_cm2", "dxa_abmd_g_cm2")
 #: (y, x) pairs correlated at every visit: each strength with each BMD measure.
 CORRELATION_PAIRS = tuple((y, x) for y in STRENGTHS for x in BMD_MEASURES)
 #: Measures whose change from baseline is modelled and compared between arms.
-CHANGE_MEASURES = ("pullout_strength_N", "compression_strength_N", "vbmd_screw_mg_cm3",
-                   "vbmd_trabecular_mg_cm3", "dxa_abmd_g_cm2")
-ABMD_KEYS = ("dxa_abmd_g_cm2", "abmd_g_cm2")
+CHANGE_MEASURES = (*STRENGTHS, KEYS.vbmd_screw_mg_cm3, KEYS.vbmd_trabecular_mg_cm3, DXA_ABMD)
+ABMD_KEYS = (DXA_ABMD, KEYS.abmd_g_cm2)
 PRIMARY = "primary"
 
 
@@ -79,15 +79,15 @@ def cohort_statistics(rows, baseline_month: int | None = None) -> dict:
             both = [(base_rows[r["patient"]], r) for r in mr if r["patient"] in base_rows]
             out["changes"][m] = {k: S.as_dict(S.change_from_baseline([b.get(k) for b, _ in both],
                                                                      [f.get(k) for _, f in both]))
-                                 for k in present if k != "dxa_tscore"}
+                                 for k in present if k != DXA_TSCORE}
         out["correlations"][m] = {f"{y}|{x}": S.as_dict(S.correlation(_column(mr, x), _column(mr, y)))
                                   for y, x in pairs}
         out["regressions"][m] = {f"{y}|{x}": S.as_dict(S.regression(_column(mr, x), _column(mr, y)))
                                  for y, x in pairs}
         out["dependent"][m] = {
-            a: S.as_dict(S.compare_dependent(_column(mr, POS), _column(mr, "vbmd_screw_mg_cm3"),
+            a: S.as_dict(S.compare_dependent(_column(mr, POS), _column(mr, KEYS.vbmd_screw_mg_cm3),
                                              _column(mr, a)))
-            for a in ABMD_KEYS if a in present and POS in present and "vbmd_screw_mg_cm3" in present}
+            for a in ABMD_KEYS if a in present and POS in present and KEYS.vbmd_screw_mg_cm3 in present}
     for k in CHANGE_MEASURES:
         if k in present:
             out["mixed"][k] = S.as_dict(S.mixed_model_change(
@@ -130,7 +130,7 @@ def _precision(all_rows, present) -> dict:
     if not reps:
         return {}
     return {k: S.as_dict(S.precision([_column(g, k) for g in reps]))
-            for k in present if k not in ("dxa_abmd_g_cm2", "dxa_tscore")}
+            for k in present if k not in (DXA_ABMD, DXA_TSCORE)}
 
 
 STATS_COLUMNS = ("analysis", "month", "y", "x", "method", "n", "estimate", "ci_low", "ci_high",
@@ -161,7 +161,7 @@ def stats_table(st: dict) -> list[dict]:
             add("correlation", m, y, x, "Spearman", c["n"], c["rho"],
                 (c["rho_ci_low"], c["rho_ci_high"]), c["p_rho"], note=c["note"])
         for a, t in st["dependent"][m].items():
-            x = f"vbmd_screw_mg_cm3 vs {a}"
+            x = f"{KEYS.vbmd_screw_mg_cm3} vs {a}"
             diff = None if t["r1"] is None or t["r2"] is None else t["r1"] - t["r2"]
             add("dependent_correlation", m, POS, x, "Meng-Rosenthal-Rubin", t["n"], diff,
                 p=t["p"], statistic=t["z"], family=PRIMARY, note=t["note"])
