@@ -70,3 +70,8 @@ class OptionError(InputError):
 
 class ResourceError(FesimError):
     """The work would exceed the available memory (predicted before allocating)."""
+
+
+class RegistrationError(FesimError):
+    """A follow-up scan cannot be registered to its baseline (another vertebra or patient,
+    too little overlap, a large residual)."""

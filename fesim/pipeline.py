@@ -315,7 +315,7 @@ def export_models(out: Path, mesh, mat, cases, formats, delta_mm: float = 0.1) -
     return export_model(out, mesh, mat.E, mat.nu, cases, formats, delta_mm)
 
 
-def run_scan(scan, out_dir, progress=None, **options) -> dict:
+def run_scan(scan, out_dir, progress=None, longitudinal: str = "off", baseline=None, **options) -> dict:
     """Analyse one scan end to end and write ``out_dir/result.json`` (and VTK files).
 
     Parameters
@@ -324,6 +324,12 @@ def run_scan(scan, out_dir, progress=None, **options) -> dict:
     out_dir : output folder (created)
     progress : :class:`fesim.progress.RunProgress`-like, optional
         Told of each stage and load step (``stage``, ``cases``, ``step_callback``).
+    longitudinal : {"off", "plan", "mesh"}
+        Longitudinal consistency (:mod:`fesim.longitudinal`). Not "off" and no ``baseline``:
+        this scan is a baseline and leaves ``baseline.npz`` in ``out_dir``.
+    baseline : path, optional
+        Output folder of this scan's baseline run: the scan is a follow-up, registered to it
+        (refused with :class:`~fesim.errors.RegistrationError` when it does not register).
     **options : fields of :class:`RunOptions`
 
     Returns
@@ -331,10 +337,20 @@ def run_scan(scan, out_dir, progress=None, **options) -> dict:
     dict
         The contents of ``result.json``.
     """
+    from .longitudinal import check_mode, load_baseline
+
     opts = RunOptions.from_dict(options)
+    check_mode(longitudinal)
+    if longitudinal == "mesh" and opts.mesh != "tet":
+        from .errors import OptionError
+
+        raise OptionError("longitudinal mode 'mesh' reuses a tetrahedral baseline mesh; use --mesh tet or mode 'plan'")
+    link = None
+    if longitudinal != "off":
+        link = (longitudinal, load_baseline(baseline) if baseline is not None else None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = _run(scan, out_dir, opts, progress)
+        result = _run(scan, out_dir, opts, progress, link)
     result["warnings"] = sorted({str(w.message) for w in caught})
     for w in caught:  # hand them on to the caller's handlers (the CLI prints one line each)
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -342,7 +358,7 @@ def run_scan(scan, out_dir, progress=None, **options) -> dict:
     return result
 
 
-def _run(scan, out_dir, opts: RunOptions, progress=None) -> dict:
+def _run(scan, out_dir, opts: RunOptions, progress=None, link=None) -> dict:
     from .analysis.loadcases import BodyFrame, load_cases
     from .analysis.outputs import write_case_outputs
     from .analysis.protocols import PROTOCOLS, benchmark_numbers
@@ -359,21 +375,39 @@ def _run(scan, out_dir, opts: RunOptions, progress=None) -> dict:
         hu = load_image(scan, opts)
     with T("calibrate"):
         calib, bmd = calibrate(hu, opts)
+    mode, base = link or ("off", None)
     with T("segment"):
         mask, labels = segment(bmd, opts)
-        regions = subregions(mask)
+        if base is None:
+            regions = subregions(mask)
+    reg = None
+    if base is not None:  # a follow-up: into the baseline's frame, with its regions and screws
+        from .longitudinal import follow_up
+
+        with T("register"):
+            bmd, mask, labels, regions, reg = follow_up(base, bmd, mask, labels, mode)
+    with T("segment"):
         frame = regions.meta["frame"]
         cap_masks = end_caps(mask, labels, regions, frame, opts)
     with T("plan"):
-        screws = plan(mask, regions, opts)
+        screws = plan(mask, regions, opts) if base is None else base.screws
     with T("bmd"):
         measures = bmd_measures(bmd, mask, regions, frame, screws, opts)
     check_model_size(mask, screws, opts)
     with T("mesh"):
-        mesh = MESHES[opts.mesh].build(mask, screws, cap_masks, size_mm=opts.mesh_size_mm,
-                                       screw_size_mm=opts.screw_mesh_size_mm, order=opts.element_order,
-                                       voxel_mm=opts.voxel_size_mm)
+        if mode == "mesh" and base is not None:
+            mesh = base.mesh  # same mesh, new densities
+        else:
+            mesh = MESHES[opts.mesh].build(mask, screws, cap_masks, size_mm=opts.mesh_size_mm,
+                                           screw_size_mm=opts.screw_mesh_size_mm, order=opts.element_order,
+                                           voxel_mm=opts.voxel_size_mm)
         quality = quality_report(mesh)
+    if mode != "off" and base is None:
+        from .longitudinal import save_baseline
+
+        with T("write"):
+            save_baseline(out, bmd, mask, regions, screws, mesh if mode == "mesh" else None,
+                          hu.meta.get("pseudonym") or hu.meta.get("series_key"), asdict(opts))
     with T("materials"):
         if mesh.is_hex:
             from .mesh.voxel import voxel_bmd
@@ -384,7 +418,7 @@ def _run(scan, out_dir, opts: RunOptions, progress=None) -> dict:
         mat = element_materials(mesh, elem_bmd, law=opts.law, nu_bone=opts.nu_bone,
                                 ash_method=opts.ash_conversion, bmd_material=bmd_material_of(bmd),
                                 screws=screws)
-    bframe = BodyFrame.from_regions(regions)
+    bframe = BodyFrame.from_regions(regions if base is None else base.regions)
     cases = load_cases(mesh, bframe, screws)
     from .fem.assembly import Assembler
 
@@ -439,6 +473,9 @@ def _run(scan, out_dir, opts: RunOptions, progress=None) -> dict:
         "protocol": opts.protocol,
         "provenance": provenance(scan, asdict(opts), opts.labels),
     }
+    from .longitudinal import summary
+
+    result.update(summary(mode, "off" if mode == "off" else "follow-up" if base else "baseline", base, reg))
     if opts.keep_identifiers:  # explicit opt-in only: results otherwise carry pseudonyms
         from .imaging.dicom import read_identifiers
 
