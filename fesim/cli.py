@@ -191,7 +191,7 @@ def cmd_study(args):
                        allow_outside=args.allow_outside_paths)
     rows = run_study(study, args.out, run_options=_given_run_options(args), backend=args.backend,
                      n_workers=args.workers, scheduler_address=args.scheduler,
-                     report=not args.no_report)
+                     report=not args.no_report, longitudinal=args.longitudinal)
     fails = load_failures(args.out)
     print(f"{len(rows)}/{len(study.scans)} scan(s) analysed in {time.perf_counter() - t0:.0f} s"
           + (f", {len(fails)} failed (see {Path(args.out) / 'failures.json'})" if fails else "")
@@ -251,6 +251,10 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     q.add_argument("--workers", type=int, help="parallel workers (default: number of CPUs)")
     q.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://host:8786")
     q.add_argument("--baseline-month", type=int, help="baseline visit (default 0)")
+    q.add_argument("--longitudinal", choices=["off", "plan", "mesh"],
+                   help="follow-ups registered to the patient's baseline and analysed with its screw "
+                        "plan and regions (plan, the default), also on its mesh (mesh), or each scan "
+                        "on its own (off); see docs/study.md")
     q.add_argument("--no-report", action="store_true", help="results tables only")
     q.add_argument("--allow-outside-paths", action="store_true",
                    help="accept scan paths outside the manifest's folder")

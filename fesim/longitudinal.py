@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, OptionError
+from .errors import InputError, OptionError, RegistrationError
 from .imaging.register import (Registration, check_registration, in_baseline_frame,
                                register_vertebra, resample_labels)
 from .imaging.screwplan import ScrewPlan
@@ -123,11 +123,13 @@ def load_baseline(folder) -> Baseline:
 
 
 def follow_up(base: Baseline, bmd: Volume, mask: Volume, labels: Volume | None, mode: str,
-              limits: dict | None = None):
+              limits: dict | None = None, level: str | None = None):
     """Register a follow-up to ``base`` and bring it into the baseline frame.
 
     Returns ``(bmd, mask, labels, regions, registration)``: the follow-up's volumes re-expressed
     in the baseline frame and the baseline's sub-region map resampled onto their grid.
+    ``level``: the follow-up's vertebra as named by its label map (refused when the baseline's
+    label map named another one).
 
     Raises
     ------
@@ -138,6 +140,10 @@ def follow_up(base: Baseline, bmd: Volume, mask: Volume, labels: Volume | None, 
     if mode == "mesh" and base.mesh is None:
         raise InputError(f"baseline {base.scan_id} was analysed without keeping its mesh (mode 'plan'); "
                          "rerun it in mode 'mesh'")
+    base_level = base.options.get("label_values") or base.options.get("level") if base.options.get("labels") else None
+    if level is not None and base_level is not None and str(level) != str(base_level):
+        raise RegistrationError(f"follow-up refused: it analyses vertebra {level} but its baseline "
+                                f"{base.scan_id or ''} analysed {base_level}; a follow-up must be of the same level")
     reg: Registration = register_vertebra(base.bmd, base.mask, bmd, mask)
     check_registration(reg, what="follow-up" + (f" of baseline {base.scan_id}" if base.scan_id else ""),
                        limits=limits)

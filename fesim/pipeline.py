@@ -385,7 +385,8 @@ def _run(scan, out_dir, opts: RunOptions, progress=None, link=None) -> dict:
         from .longitudinal import follow_up
 
         with T("register"):
-            bmd, mask, labels, regions, reg = follow_up(base, bmd, mask, labels, mode)
+            bmd, mask, labels, regions, reg = follow_up(base, bmd, mask, labels, mode,
+                                                        level=(opts.label_values or opts.level) if opts.labels else None)
     with T("segment"):
         frame = regions.meta["frame"]
         cap_masks = end_caps(mask, labels, regions, frame, opts)
