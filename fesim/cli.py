@@ -252,9 +252,10 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     q.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://host:8786")
     q.add_argument("--baseline-month", type=int, help="baseline visit (default 0)")
     q.add_argument("--longitudinal", choices=["off", "plan", "mesh"],
-                   help="follow-ups registered to the patient's baseline and analysed with its screw "
-                        "plan and regions (plan, the default), also on its mesh (mesh), or each scan "
-                        "on its own (off); see docs/study.md")
+                   help="follow-ups registered to the patient's baseline and analysed on its mesh "
+                        "with its screws and regions (mesh, the default), with its screws and regions "
+                        "on their own mesh (plan; the default for voxel meshes), or each scan on its "
+                        "own (off); see docs/study.md")
     q.add_argument("--no-report", action="store_true", help="results tables only")
     q.add_argument("--allow-outside-paths", action="store_true",
                    help="accept scan paths outside the manifest's folder")

@@ -425,6 +425,14 @@ def _execute(todo, run_one, out_dir: Path, options, backend, n_workers, schedule
             cluster.close()
 
 
+def default_longitudinal(options: dict, default_runner: bool) -> str:
+    """"mesh" (tetrahedral meshes) or "plan" (voxel meshes) with the default per-scan function,
+    "off" with a custom one (which may not take the ``longitudinal``/``baseline`` arguments)."""
+    if not default_runner:
+        return "off"
+    return "mesh" if (options or {}).get("mesh", "tet") == "tet" else "plan"
+
+
 def longitudinal_links(scans, mode: str, out_dir: Path, baseline_month: int | None = None):
     """Scans with their longitudinal role set, and ``{baseline scan_id: [follow-ups]}``.
 
@@ -488,7 +496,7 @@ def run_cohort(scans, out_dir, run_one=None, backend: str = "local", n_workers: 
         Show a progress line with ETA on stderr; default (None): only when stderr is a terminal.
     longitudinal : {"off", "plan", "mesh"}, optional
         Longitudinal consistency for patients with several scans (:mod:`fesim.longitudinal`,
-        :func:`longitudinal_links`); default "plan" with the default ``run_one``, else "off".
+        :func:`longitudinal_links`); default :func:`default_longitudinal`.
         Baselines run first; each follow-up starts when its baseline has succeeded.
     baseline_month : int, optional
         The baseline visit (default: each patient's first month).
@@ -506,7 +514,7 @@ def run_cohort(scans, out_dir, run_one=None, backend: str = "local", n_workers: 
     clash = sorted(set(options) & ({k for s in scans for k in s.extra} | {"longitudinal", "baseline"}))
     if clash:
         raise InputError(f"option(s) also given per scan: {', '.join(clash)}")
-    mode = longitudinal or ("plan" if run_one is None else "off")
+    mode = longitudinal or default_longitudinal(options, run_one is None)
     if mode not in ("off", "plan", "mesh"):
         raise InputError(f"longitudinal must be off, plan or mesh, not {mode!r}")
     run_one = run_one or _default_run_one()

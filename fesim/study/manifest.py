@@ -21,7 +21,7 @@ patient's earliest date. Options file (TOML)::
     workers = 2
     scheduler = "tcp://host:8786"
     notes = ["Remarks quoted at the top of the report"]
-    longitudinal = "plan"   # off | plan | mesh: follow-ups registered to baseline (fesim.longitudinal)
+    longitudinal = "mesh"   # off | plan | mesh: follow-ups registered to baseline (fesim.longitudinal)
     [run]                   # any fesim.pipeline.RunOptions field
     mesh_size_mm = 2.0
 

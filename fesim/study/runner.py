@@ -61,7 +61,8 @@ def run_study(study, out_dir, options=None, run_options: dict | None = None,
         Write the report (False: results tables only).
     longitudinal : {"off", "plan", "mesh"}, optional
         Longitudinal consistency (:func:`fesim.study.cohort.run_cohort`); default the options
-        file's ``[study] longitudinal``, else "plan" with the default per-scan function.
+        file's ``[study] longitudinal``, else :func:`fesim.study.cohort.default_longitudinal`
+        ("mesh" with the default per-scan function and tetrahedral meshes).
 
     Returns
     -------
@@ -79,7 +80,9 @@ def run_study(study, out_dir, options=None, run_options: dict | None = None,
 
         raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     n_workers = n_workers or s.get("workers")
-    longitudinal = longitudinal or s.get("longitudinal") or ("plan" if run_one is None else "off")
+    from .cohort import default_longitudinal
+
+    longitudinal = longitudinal or s.get("longitudinal") or default_longitudinal(run, run_one is None)
     out = Path(out_dir)
     t0 = time.perf_counter()
     config = {"options": effective_options(run, run_one is None), "backend": backend,
