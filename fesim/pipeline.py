@@ -408,7 +408,7 @@ def _run(scan, out_dir, opts: RunOptions, progress=None, link=None) -> dict:
 
         with T("write"):
             save_baseline(out, bmd, mask, regions, screws, mesh if mode == "mesh" else None,
-                          hu.meta.get("pseudonym") or hu.meta.get("series_key"), asdict(opts))
+                          out.name, asdict(opts))
     with T("materials"):
         if mesh.is_hex:
             from .mesh.voxel import voxel_bmd

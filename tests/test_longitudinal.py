@@ -259,3 +259,28 @@ def test_repositioned_rescans_agree_within_2_percent(tmp_path, mode, limit):
         devs.append([100 * (r[k] / base[k] - 1) for k in ("pullout_strength_N", "compression_strength_N")])
     print(f"\n{mode}: % deviation of (pullout, compression) from the original scan: {np.round(devs, 2).tolist()}")
     assert np.all(np.abs(devs) < limit), devs
+
+
+@pytest.mark.slow
+def test_study_refuses_a_follow_up_of_another_patient(tmp_path):
+    from fesim.study.cohort import load_failures
+    from fesim.study.manifest import Study
+    from fesim.study.runner import run_study
+    from fesim.synthetic.phantom import write_phantom
+    from study_helpers import QUICK_RUN
+
+    scans = []
+    for month, (scale, rot) in {0: ((1.0, 1.0, 1.0), 0.0), 12: ((1.0, 1.0, 1.0), 6.0),
+                                24: ((1.1, 0.95, 1.0), 4.0)}.items():
+        ph = posed_phantom(PhantomSpec(seed=month, spacing_mm=SPACING), (0.0, 0.0, rot), (3.0, 0.0, 5.0))
+        ph.hu.spacing = ph.hu.spacing * np.array(scale)  # month 24: another patient's vertebra
+        write_phantom(ph, tmp_path / f"m{month}", write_labels=False)
+        scans.append({"patient": "P01", "month": month, "path": str(tmp_path / f"m{month}" / "dicom")})
+    rows = run_study(Study(scans, dict(QUICK_RUN, write_vtk=False), {}), tmp_path / "out", backend="local")
+    assert sorted(r["month"] for r in rows) == [0, 12]
+    assert {r["longitudinal_mode"] for r in rows} == {"mesh"}
+    (fail,) = load_failures(tmp_path / "out")
+    assert fail["month"] == 24 and fail["error_type"] == "RegistrationError"
+    assert fail["error"].startswith("follow-up of baseline P01_m0 refused: it does not register")
+    md = (tmp_path / "out" / "summary.md").read_text()
+    assert "Mode: mesh" in md and "| P01 | 12 | 1 |" in md
