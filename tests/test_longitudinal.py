@@ -132,7 +132,7 @@ def record_run_one(scan_path, out_dir, longitudinal="off", baseline=None, **opti
     return res
 
 
-@pytest.mark.parametrize("backend", ["local", "processes"])
+@pytest.mark.parametrize("backend", ["local", "processes", "dask"])
 def test_cohort_runs_each_baseline_before_its_follow_ups(tmp_path, backend):
     from fesim.study.cohort import load_failures, run_cohort
 
@@ -140,8 +140,15 @@ def test_cohort_runs_each_baseline_before_its_follow_ups(tmp_path, backend):
              {"patient": "P01", "month": 0, "repeat": 2, "path": "c"},
              {"patient": "P02", "month": 0, "path": "d"},
              {"patient": "P03", "month": 0, "path": "bad"}, {"patient": "P03", "month": 12, "path": "e"}]
-    rows = run_cohort(scans, tmp_path, run_one=record_run_one, backend=backend, n_workers=2,
-                      longitudinal="mesh")
+    if backend == "dask":  # a threaded cluster: the follow-ups are added to as_completed
+        distributed = pytest.importorskip("dask.distributed")
+        with distributed.LocalCluster(processes=False, n_workers=2, threads_per_worker=1,
+                                      dashboard_address=":0") as cluster:
+            rows = run_cohort(scans, tmp_path, run_one=record_run_one, backend="dask",
+                              scheduler_address=cluster.scheduler_address, longitudinal="mesh")
+    else:
+        rows = run_cohort(scans, tmp_path, run_one=record_run_one, backend=backend, n_workers=2,
+                          longitudinal="mesh")
     by = {(r["patient"], r["month"], r["repeat"]): r for r in rows}
     base = by[("P01", 0, 1)]
     assert base["longitudinal_mode"] == "mesh" and base["baseline_dir"] == ""
@@ -152,8 +159,8 @@ def test_cohort_runs_each_baseline_before_its_follow_ups(tmp_path, backend):
     fails = {f["month"]: f for f in load_failures(tmp_path) if f["patient"] == "P03"}
     assert fails[0]["error_type"] == "ValueError"
     assert fails[12]["error_type"] == "BaselineError" and "baseline scan P03_m0 failed" in fails[12]["error"]
-    # resume: nothing reruns, and a rerun with the baseline fixed runs only P03
-    rows2 = run_cohort(scans, tmp_path, run_one=record_run_one, backend=backend, longitudinal="mesh")
+    # resume: finished scans are not rerun (P03's are retried and fail again)
+    rows2 = run_cohort(scans, tmp_path, run_one=record_run_one, longitudinal="mesh")
     assert [r["t0"] for r in rows2] == [r["t0"] for r in rows]
 
 
