@@ -385,8 +385,9 @@ def _run(scan, out_dir, opts: RunOptions, progress=None, link=None) -> dict:
         from .longitudinal import follow_up
 
         with T("register"):
-            bmd, mask, labels, regions, reg = follow_up(base, bmd, mask, labels, mode,
-                                                        level=(opts.label_values or opts.level) if opts.labels else None)
+            fu = follow_up(base, bmd, mask, labels, mode,
+                           level=(opts.label_values or opts.level) if opts.labels else None)
+            bmd, mask, labels, regions, reg = fu.bmd, fu.mask, fu.labels, fu.regions, fu.registration
     with T("segment"):
         frame = regions.meta["frame"]
         cap_masks = end_caps(mask, labels, regions, frame, opts)
@@ -394,6 +395,9 @@ def _run(scan, out_dir, opts: RunOptions, progress=None, link=None) -> dict:
         screws = plan(mask, regions, opts) if base is None else base.screws
     with T("bmd"):
         measures = bmd_measures(bmd, mask, regions, frame, screws, opts)
+        if reg is not None:  # regional measures over the baseline's voxels; the screw ROI is grid-free
+            measures.update({k: v for k, v in bmd_measures(*fu.measure_volumes(), frame, [], opts).items()
+                             if "screw" not in k})
     check_model_size(mask, screws, opts)
     with T("mesh"):
         if mode == "mesh" and base is not None:

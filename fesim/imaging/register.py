@@ -109,12 +109,13 @@ def in_baseline_frame(vol: Volume, transform: Rigid) -> Volume:
                   dict(vol.meta))
 
 
-def resample_labels(labels: Volume, onto: Volume) -> Volume:
-    """Nearest-neighbour resampling of a label volume onto ``onto``'s grid (same frame)."""
+def resample(vol: Volume, onto: Volume, order: int = 0) -> Volume:
+    """``vol`` resampled onto ``onto``'s grid (same frame): nearest neighbour (``order`` 0, for
+    labels and masks) or trilinear (1); 0 outside ``vol``."""
     ijk = np.indices(onto.shape, dtype=float).reshape(3, -1).T
-    vals = labels.sample(onto.index_to_world(ijk), order=0, cval=0)
-    return Volume(vals.reshape(onto.shape).astype(labels.data.dtype), onto.spacing, onto.origin,
-                  onto.direction, dict(labels.meta))
+    vals = vol.sample(onto.index_to_world(ijk), order=order, cval=0)
+    return Volume(vals.reshape(onto.shape).astype(vol.data.dtype), onto.spacing, onto.origin,
+                  onto.direction, dict(vol.meta))
 
 
 def _points(mask: Volume, margin_mm: float, max_points: int, seed: int):
