@@ -164,7 +164,10 @@ def cmd_run(args):
 
     bar = RunProgress("run")
     try:
-        res = run_scan(args.scan, args.out, progress=bar, **_run_options(args))
+        baseline = getattr(args, "baseline", None)
+        mode = getattr(args, "longitudinal", None) or ("mesh" if baseline else "off")
+        res = run_scan(args.scan, args.out, progress=bar, longitudinal=mode, baseline=baseline,
+                       **_run_options(args))
     finally:
         bar.close()
     parts = []
@@ -231,6 +234,12 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     q = sub.add_parser("run", help="analyse one scan: pullout and compression strength")
     q.add_argument("scan", help="DICOM folder or NIfTI CT file")
     q.add_argument("--out", required=True, help="output folder")
+    q.add_argument("--longitudinal", choices=["off", "plan", "mesh"],
+                   help="longitudinal consistency (default off, mesh with --baseline): without "
+                        "--baseline, keep this scan's baseline.npz for its follow-ups; with it, "
+                        "analyse this scan as a follow-up")
+    q.add_argument("--baseline", help="output folder of the baseline's run: register this scan to it "
+                                      "and use its screws and regions (and its mesh in mode mesh)")
     add_run_options(q)
     q.set_defaults(func=cmd_run)
 

@@ -345,6 +345,8 @@ def run_scan(scan, out_dir, progress=None, longitudinal: str = "off", baseline=N
         from .errors import OptionError
 
         raise OptionError("longitudinal mode 'mesh' reuses a tetrahedral baseline mesh; use --mesh tet or mode 'plan'")
+    if baseline is not None and longitudinal == "off":
+        raise InputError("a baseline is given but longitudinal consistency is off; use plan or mesh")
     link = None
     if longitudinal != "off":
         link = (longitudinal, load_baseline(baseline) if baseline is not None else None)

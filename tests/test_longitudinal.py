@@ -291,3 +291,32 @@ def test_study_refuses_a_follow_up_of_another_patient(tmp_path):
     assert fail["error"].startswith("follow-up of baseline P01_m0 refused: it does not register")
     md = (tmp_path / "out" / "summary.md").read_text()
     assert "Mode: mesh" in md and "| P01 | 12 | 1 |" in md
+
+
+def test_run_scan_refuses_inconsistent_longitudinal_arguments(tmp_path):
+    from fesim.errors import InputError, OptionError
+    from fesim.pipeline import run_scan
+
+    with pytest.raises(InputError, match="longitudinal consistency is off"):
+        run_scan(tmp_path, tmp_path / "o", baseline=tmp_path)
+    with pytest.raises(OptionError, match="must be one of off, plan, mesh"):
+        run_scan(tmp_path, tmp_path / "o", longitudinal="sometimes")
+    with pytest.raises(InputError, match="baseline.npz missing"):
+        run_scan(tmp_path, tmp_path / "o", longitudinal="mesh", baseline=tmp_path)
+    with pytest.raises(OptionError, match="tetrahedral baseline mesh"):
+        run_scan(tmp_path, tmp_path / "o", longitudinal="mesh", mesh="voxel")
+
+
+def test_cli_run_takes_a_baseline(tmp_path, monkeypatch):
+    import fesim.pipeline
+    from fesim.cli import main
+
+    seen = {}
+
+    def fake(scan, out, progress=None, longitudinal="off", baseline=None, **opts):
+        seen.update(longitudinal=longitudinal, baseline=baseline)
+        raise RegistrationError("follow-up refused: test")
+
+    monkeypatch.setattr(fesim.pipeline, "run_scan", fake)
+    rc = main(["run", str(tmp_path), "--out", str(tmp_path / "o"), "--baseline", str(tmp_path / "b")])
+    assert rc == 2 and seen == {"longitudinal": "mesh", "baseline": str(tmp_path / "b")}
