@@ -6,7 +6,9 @@ cross-correlation of the two BMD images over those points, which is blind to a u
 (treatment changes density, not shape), minimised over a rotation vector and a translation by
 Powell's method (:func:`scipy.optimize.minimize`), first on images smoothed to 2 mm, then at 0.7 mm.
 Starting poses: the centroids aligned, with the identity rotation and with the four rotations
-that align the masks' principal axes.
+that align the masks' principal axes; the two of lowest cost are refined. On the phantom's
+repositioned rescans (up to 15 deg, 20 mm, new noise) the pose is recovered within 0.05 deg
+and 0.08 mm.
 
 The transform maps baseline world coordinates (LPS mm) to follow-up ones,
 ``p_followup = R p_baseline + t``. A follow-up image is brought into the baseline frame without
