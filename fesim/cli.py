@@ -202,7 +202,10 @@ def cmd_run(args):
 
     bar = RunProgress("run")
     try:
-        res = run_scan(args.scan, args.out, progress=bar, **_run_options(args))
+        baseline = getattr(args, "baseline", None)
+        mode = getattr(args, "longitudinal", None) or ("mesh" if baseline else "off")
+        res = run_scan(args.scan, args.out, progress=bar, longitudinal=mode, baseline=baseline,
+                       **_run_options(args))
     finally:
         bar.close()
     res = ScanResult.from_dict(res)
@@ -230,7 +233,7 @@ def cmd_study(args):
                        allow_outside=args.allow_outside_paths)
     rows = run_study(study, args.out, run_options=_given_run_options(args), backend=args.backend,
                      n_workers=args.workers, scheduler_address=args.scheduler,
-                     report=not args.no_report)
+                     report=not args.no_report, longitudinal=args.longitudinal)
     fails = load_failures(args.out)
     print(f"{len(rows)}/{len(study.scans)} scan(s) analysed in {time.perf_counter() - t0:.0f} s"
           + (f", {len(fails)} failed (see {Path(args.out) / 'failures.json'})" if fails else "")
@@ -288,6 +291,12 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     q = sub.add_parser("run", help="analyse one scan: pullout and compression strength")
     q.add_argument("scan", help="DICOM folder or NIfTI CT file")
     q.add_argument("--out", required=True, help="output folder")
+    q.add_argument("--longitudinal", choices=["off", "plan", "mesh"],
+                   help="longitudinal consistency (default off, mesh with --baseline): without "
+                        "--baseline, keep this scan's baseline.npz for its follow-ups; with it, "
+                        "analyse this scan as a follow-up")
+    q.add_argument("--baseline", help="output folder of the baseline's run: register this scan to it "
+                                      "and use its screws and regions (and its mesh in mode mesh)")
     add_run_options(q)
     q.set_defaults(func=cmd_run)
 
@@ -308,6 +317,11 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     q.add_argument("--workers", type=int, help="parallel workers (default: number of CPUs)")
     q.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://host:8786")
     q.add_argument("--baseline-month", type=int, help="baseline visit (default 0)")
+    q.add_argument("--longitudinal", choices=["off", "plan", "mesh"],
+                   help="follow-ups registered to the patient's baseline and analysed on its mesh "
+                        "with its screws and regions (mesh, the default), with its screws and regions "
+                        "on their own mesh (plan; the default for voxel meshes), or each scan on its "
+                        "own (off); see docs/study.md")
     q.add_argument("--no-report", action="store_true", help="results tables only")
     q.add_argument("--allow-outside-paths", action="store_true",
                    help="accept scan paths outside the manifest's folder")

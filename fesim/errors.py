@@ -78,3 +78,8 @@ class ResourceError(FesimError):
 
 class DependencyError(FesimError):
     """An optional dependency that the requested feature needs is not installed."""
+
+
+class RegistrationError(FesimError):
+    """A follow-up scan cannot be registered to its baseline (another vertebra or patient,
+    too little overlap, a large residual)."""

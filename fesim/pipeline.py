@@ -352,7 +352,7 @@ def export_models(out: Path, mesh, mat, cases, formats, delta_mm: float = 0.1) -
     return export_model(out, mesh, mat.E, mat.nu, cases, formats, delta_mm)
 
 
-def run_scan(scan, out_dir, progress=None, **options) -> dict:
+def run_scan(scan, out_dir, progress=None, longitudinal: str = "off", baseline=None, **options) -> dict:
     """Analyse one scan end to end and write ``out_dir/result.json`` (and VTK files).
 
     Parameters
@@ -361,6 +361,12 @@ def run_scan(scan, out_dir, progress=None, **options) -> dict:
     out_dir : output folder (created)
     progress : :class:`fesim.progress.RunProgress`-like, optional
         Told of each stage and load step (``stage``, ``cases``, ``step_callback``).
+    longitudinal : {"off", "plan", "mesh"}
+        Longitudinal consistency (:mod:`fesim.longitudinal`). Not "off" and no ``baseline``:
+        this scan is a baseline and leaves ``baseline.npz`` in ``out_dir``.
+    baseline : path, optional
+        Output folder of this scan's baseline run: the scan is a follow-up, registered to it
+        (refused with :class:`~fesim.errors.RegistrationError` when it does not register).
     **options : fields of :class:`RunOptions`
 
     Returns
@@ -369,10 +375,22 @@ def run_scan(scan, out_dir, progress=None, **options) -> dict:
         The contents of ``result.json`` (:meth:`fesim.results.ScanResult.to_dict`; read it back
         with :meth:`~fesim.results.ScanResult.from_dict`).
     """
+    from .longitudinal import check_mode, load_baseline
+
     opts = RunOptions.from_dict(options)
+    check_mode(longitudinal)
+    if longitudinal == "mesh" and opts.mesh != "tet":
+        from .errors import OptionError
+
+        raise OptionError("longitudinal mode 'mesh' reuses a tetrahedral baseline mesh; use --mesh tet or mode 'plan'")
+    if baseline is not None and longitudinal == "off":
+        raise InputError("a baseline is given but longitudinal consistency is off; use plan or mesh")
+    link = None
+    if longitudinal != "off":
+        link = (longitudinal, load_baseline(baseline) if baseline is not None else None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = _run(scan, out_dir, opts, progress)
+        result = _run(scan, out_dir, opts, progress, link)
     result.warnings = sorted({str(w.message) for w in caught})
     for w in caught:  # hand them on to the caller's handlers (the CLI prints one line each)
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -381,7 +399,7 @@ def run_scan(scan, out_dir, progress=None, **options) -> dict:
     return out
 
 
-def _run(scan, out_dir, opts: RunOptions, progress=None) -> ScanResult:
+def _run(scan, out_dir, opts: RunOptions, progress=None, link=None) -> ScanResult:
     from .analysis.loadcases import BodyFrame, load_cases
     from .analysis.outputs import write_case_outputs
     from .analysis.protocols import PROTOCOLS, benchmark_numbers
@@ -398,21 +416,44 @@ def _run(scan, out_dir, opts: RunOptions, progress=None) -> ScanResult:
         hu = load_image(scan, opts)
     with T("calibrate"):
         calib, bmd = calibrate(hu, opts)
+    mode, base = link or ("off", None)
     with T("segment"):
         mask, labels = segment(bmd, opts, hu)
-        regions = subregions(mask)
+        if base is None:
+            regions = subregions(mask)
+    reg = None
+    if base is not None:  # a follow-up: into the baseline's frame, with its regions and screws
+        from .longitudinal import follow_up
+
+        with T("register"):
+            fu = follow_up(base, bmd, mask, labels, mode,
+                           level=(opts.label_values or opts.level) if opts.labels else None)
+            bmd, mask, labels, regions, reg = fu.bmd, fu.mask, fu.labels, fu.regions, fu.registration
+    with T("segment"):
         frame = regions.meta["frame"]
         cap_masks = end_caps(mask, labels, regions, frame, opts)
     with T("plan"):
-        screws = plan(mask, regions, opts)
+        screws = plan(mask, regions, opts) if base is None else base.screws
     with T("bmd"):
         measures = bmd_measures(bmd, mask, regions, frame, screws, opts)
+        if reg is not None:  # regional measures over the baseline's voxels; the screw ROI is grid-free
+            measures.update({k: v for k, v in bmd_measures(*fu.measure_volumes(), frame, [], opts).items()
+                             if "screw" not in k})
     check_model_size(mask, screws, opts)
     with T("mesh"):
-        mesh = MESHES[opts.mesh].build(mask, screws, cap_masks, size_mm=opts.mesh_size_mm,
-                                       screw_size_mm=opts.screw_mesh_size_mm, order=opts.element_order,
-                                       voxel_mm=opts.voxel_size_mm)
+        if mode == "mesh" and base is not None:
+            mesh = base.mesh  # same mesh, new densities
+        else:
+            mesh = MESHES[opts.mesh].build(mask, screws, cap_masks, size_mm=opts.mesh_size_mm,
+                                           screw_size_mm=opts.screw_mesh_size_mm, order=opts.element_order,
+                                           voxel_mm=opts.voxel_size_mm)
         quality = quality_report(mesh)
+    if mode != "off" and base is None:
+        from .longitudinal import save_baseline
+
+        with T("write"):
+            save_baseline(out, bmd, mask, regions, screws, mesh if mode == "mesh" else None,
+                          out.name, asdict(opts))
     with T("materials"):
         if mesh.is_hex:
             from .mesh.voxel import voxel_bmd
@@ -423,7 +464,7 @@ def _run(scan, out_dir, opts: RunOptions, progress=None) -> ScanResult:
         mat = element_materials(mesh, elem_bmd, law=opts.law, nu_bone=opts.nu_bone,
                                 ash_method=opts.ash_conversion, bmd_material=bmd_material_of(bmd),
                                 screws=screws)
-    bframe = BodyFrame.from_regions(regions)
+    bframe = BodyFrame.from_regions(regions if base is None else base.regions)
     cases = load_cases(mesh, bframe, screws)
     from .fem.assembly import Assembler
 
@@ -476,6 +517,11 @@ def _run(scan, out_dir, opts: RunOptions, progress=None) -> ScanResult:
         protocol=opts.protocol,
         provenance=provenance(scan, asdict(opts), opts.labels),
     )
+    from .longitudinal import summary
+
+    for name, value in summary(mode, "off" if mode == "off" else "follow-up" if base else "baseline",
+                               base, reg).items():
+        setattr(result, name, value)
     if opts.keep_identifiers:  # explicit opt-in only: results otherwise carry pseudonyms
         from .imaging.dicom import read_identifiers
 

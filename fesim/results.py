@@ -210,6 +210,21 @@ class ScanResult:
     benchmark_curve_complete: bool = key(
         "", "spine-benchmark protocol: the curve reached the failure displacement or passed its peak", "bool",
         optional=True)
+    longitudinal: dict = key("", "longitudinal consistency: mode, role (baseline, follow-up, off), baseline scan, "
+                                 "registration record, frame of the geometry (docs/study.md)", "dict",
+                             optional=True)
+    longitudinal_mode: str = key("", "longitudinal consistency mode that produced the numbers: off, plan, mesh",
+                                 "str", optional=True)
+    registration_dice: float = key("", "follow-up registered to baseline: Dice of the vertebra masks", "number",
+                                   optional=True)
+    registration_correlation: float = key("", "follow-up registered to baseline: BMD correlation in the vertebra",
+                                          "number", optional=True)
+    registration_rms_bmd_mg_cm3: float = key("mg/cm^3", "follow-up registered to baseline: RMS BMD difference",
+                                             "number", optional=True)
+    registration_rotation_deg: float = key("deg", "follow-up registered to baseline: rotation angle", "number",
+                                           optional=True)
+    registration_shift_mm: float = key("mm", "follow-up registered to baseline: translation length", "number",
+                                       optional=True)
     warnings: list = key("", "warnings raised while analysing the scan (sorted, unique)", "list", optional=True)
     extra: dict = field(default_factory=dict)
 

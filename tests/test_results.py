@@ -152,10 +152,10 @@ def test_readme_names_contract_keys_only():
 
 
 # keys that other records share by name (run options, the mesh quality report, support audits,
-# provenance, the mask check): those records spell them, not the result
+# provenance, the mask check, the longitudinal baseline record): those records spell them, not the result
 _SHARED = {"n_nodes", "n_elements", "element_order", "voxel_size_mm", "ash_conversion", "screws",
            "calibration", "protocol", "fesim_version", "options", "name", "criterion", "timings_s",
-           "warnings"}
+           "warnings", "longitudinal", "scan_id"}
 
 
 def test_no_module_but_the_contract_spells_a_result_key():

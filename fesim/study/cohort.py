@@ -327,20 +327,55 @@ def _collect(future):
                       "traceback": ""}
 
 
-def _execute(todo, run_one, out_dir: Path, options, backend, n_workers, scheduler_address):
-    """Yield ``(scan, result, error)`` for each scan in ``todo`` as it finishes."""
-    dirs = [str(out_dir / "scans" / s.scan_id) for s in todo]
+def _execute(todo, run_one, out_dir: Path, options, backend, n_workers, scheduler_address,
+             after=None):
+    """Yield ``(scan, result, error)`` for each scan in ``todo`` as it finishes.
+
+    ``after`` maps a scan_id to the scans that may start only once it has succeeded (the
+    follow-ups of a baseline); they fail without running when it fails.
+    """
+    after = dict(after or {})
+    waiting = {s.scan_id for group in after.values() for s in group}
+    first = [s for s in todo if s.scan_id not in waiting]
+
+    def task(s):
+        return (_run_task, run_one, s, str(out_dir / "scans" / s.scan_id), options)
+
+    def released(s, err):
+        """Scans to start now that ``s`` has ended, and the failures of those that cannot."""
+        group = after.pop(s.scan_id, [])
+        if err is None:
+            return group, []
+        why = {"error_type": "BaselineError", "traceback": "",
+               "error": f"baseline scan {s.scan_id} failed ({err['error_type']}), so this follow-up "
+                        "cannot be registered to it; fix the baseline or use --longitudinal off"}
+        return [], [(f, None, dict(why)) for f in group]
+
     if backend == "local" or not todo:
-        for s, d in zip(todo, dirs):
-            yield (s, *_run_task(run_one, s, d, options))
+        queue = list(first)
+        while queue:
+            s = queue.pop(0)
+            fn, *args = task(s)
+            res, err = fn(*args)
+            yield s, res, err
+            more, failed = released(s, err)
+            queue += more
+            yield from failed
         return
     if backend == "processes":
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
         with ProcessPoolExecutor(max_workers=n_workers) as pool:
-            futs = {pool.submit(_run_task, run_one, s, d, options): s for s, d in zip(todo, dirs)}
-            for f in as_completed(futs):
-                yield (futs[f], *_collect(f))
+            futs = {pool.submit(*task(s)): s for s in first}
+            while futs:
+                done, _ = wait(futs, return_when=FIRST_COMPLETED)
+                for f in sorted(done, key=lambda f: todo.index(futs[f])):
+                    s = futs.pop(f)
+                    res, err = _collect(f)
+                    yield s, res, err
+                    more, failed = released(s, err)
+                    futs.update({pool.submit(*task(m)): m for m in more})
+                    yield from failed
         return
     import dask
     from dask.distributed import Client, LocalCluster, as_completed
@@ -358,21 +393,74 @@ def _execute(todo, run_one, out_dir: Path, options, backend, n_workers, schedule
                                    dashboard_address=":0", silence_logs=logging.ERROR)
     client = Client(cluster if cluster is not None else scheduler_address)
     try:
-        futs = [client.submit(_run_task, run_one, s, d, options, pure=False,
-                              key=f"fesim-scan-{s.scan_id}-{uuid.uuid4().hex[:12]}")
-                for s, d in zip(todo, dirs)]
-        by_key = {f.key: s for f, s in zip(futs, todo)}
-        for f in as_completed(futs):
-            yield (by_key[f.key], *_collect(f))
+        by_key = {}
+
+        def submit(s):
+            f = client.submit(*task(s), pure=False, key=f"fesim-scan-{s.scan_id}-{uuid.uuid4().hex[:12]}")
+            by_key[f.key] = s
+            return f
+
+        pending = as_completed([submit(s) for s in first])
+        for f in pending:
+            s = by_key[f.key]
+            res, err = _collect(f)
+            yield s, res, err
+            more, failed = released(s, err)
+            for m in more:
+                pending.add(submit(m))
+            yield from failed
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
 
 
+def default_longitudinal(options: dict, default_runner: bool) -> str:
+    """"mesh" (tetrahedral meshes) or "plan" (voxel meshes) with the default per-scan function,
+    "off" with a custom one (which may not take the ``longitudinal``/``baseline`` arguments)."""
+    if not default_runner:
+        return "off"
+    return "mesh" if (options or {}).get("mesh", "tet") == "tet" else "plan"
+
+
+def longitudinal_links(scans, mode: str, out_dir: Path, baseline_month: int | None = None):
+    """Scans with their longitudinal role set, and ``{baseline scan_id: [follow-ups]}``.
+
+    With ``mode`` not "off", each patient with more than one scan has a baseline (the first
+    scan of ``baseline_month``, default the patient's first month), run with
+    ``longitudinal=mode``; every other scan of the patient is a follow-up of it (``baseline``
+    = its output folder), repeat scans of the baseline visit included.
+    """
+    from dataclasses import replace
+
+    if mode == "off":
+        return list(scans), {}
+    by_patient = {}
+    for s in scans:
+        by_patient.setdefault(s.patient, []).append(s)
+    role, follow = {}, {}
+    for pid, group in by_patient.items():
+        if len(group) < 2:
+            continue
+        month = baseline_month if baseline_month is not None else min(s.month for s in group)
+        base = [s for s in group if s.month == month and s.repeat == 1]
+        if not base:
+            continue
+        base = base[0]
+        role[base.scan_id] = {"longitudinal": mode}
+        for s in group:
+            if s is not base:
+                role[s.scan_id] = {"longitudinal": mode,
+                                   "baseline": str(Path(out_dir).resolve() / "scans" / base.scan_id)}
+                follow.setdefault(base.scan_id, []).append(s.scan_id)
+    out = [replace(s, extra={**s.extra, **role[s.scan_id]}) if s.scan_id in role else s for s in scans]
+    return out, follow
+
+
 def run_cohort(scans, out_dir, run_one=None, backend: str = "local", n_workers: int | None = None,
                scheduler_address: str | None = None, options: dict | None = None,
-               progress=None) -> list[dict]:
+               progress=None, longitudinal: str | None = None,
+               baseline_month: int | None = None) -> list[dict]:
     """Run the per-scan pipeline on every scan, resuming finished ones.
 
     Parameters
@@ -396,6 +484,12 @@ def run_cohort(scans, out_dir, run_one=None, backend: str = "local", n_workers: 
         Keyword arguments for every ``run_one`` call (mesh size, element order, ...).
     progress : bool, optional
         Show a progress line with ETA on stderr; default (None): only when stderr is a terminal.
+    longitudinal : {"off", "plan", "mesh"}, optional
+        Longitudinal consistency for patients with several scans (:mod:`fesim.longitudinal`,
+        :func:`longitudinal_links`); default :func:`default_longitudinal`.
+        Baselines run first; each follow-up starts when its baseline has succeeded.
+    baseline_month : int, optional
+        The baseline visit (default: each patient's first month).
 
     Returns
     -------
@@ -407,11 +501,15 @@ def run_cohort(scans, out_dir, run_one=None, backend: str = "local", n_workers: 
         raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     scans = normalise_scans(scans)
     options = dict(options or {})
-    clash = sorted(set(options) & {k for s in scans for k in s.extra})
+    clash = sorted(set(options) & ({k for s in scans for k in s.extra} | {"longitudinal", "baseline"}))
     if clash:
         raise InputError(f"option(s) also given per scan: {', '.join(clash)}")
+    mode = longitudinal or default_longitudinal(options, run_one is None)
+    if mode not in ("off", "plan", "mesh"):
+        raise InputError(f"longitudinal must be off, plan or mesh, not {mode!r}")
     run_one = run_one or _default_run_one()
     out_dir = Path(out_dir)
+    scans, follow = longitudinal_links(scans, mode, out_dir, baseline_month)
     (out_dir / "scans").mkdir(parents=True, exist_ok=True)
     for stale in (out_dir / "scans").glob(_STAGING + "*"):  # left by a killed run
         shutil.rmtree(stale, ignore_errors=True)
@@ -423,6 +521,9 @@ def run_cohort(scans, out_dir, run_one=None, backend: str = "local", n_workers: 
             todo.append(s)
         else:
             results[s.scan_id] = res
+    ids = {s.scan_id: s for s in todo}
+    # a follow-up waits for its baseline only when that still has to run
+    after = {b: [ids[f] for f in fs if f in ids] for b, fs in follow.items() if b in ids}
     log.info("cohort: %d scans, %d already done, %d to run (%s)",
              len(scans), len(results), len(todo), backend)
     n_workers = max(1, min(n_workers or os.cpu_count() or 1, max(len(todo), 1)))
@@ -441,7 +542,7 @@ def run_cohort(scans, out_dir, run_one=None, backend: str = "local", n_workers: 
     bar = Progress(len(todo), "study", "scans", enabled=progress)
     try:
         for k, (s, res, err) in enumerate(_execute(todo, run_one, out_dir, options, backend,
-                                                   n_workers, scheduler_address), 1):
+                                                   n_workers, scheduler_address, after), 1):
             if err is None:
                 results[s.scan_id] = res
                 log.info("[%d/%d] scan %s done", k, len(todo), s.scan_id)

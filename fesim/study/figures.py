@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .tables import MEASURES
+from .tables import MEASURES, repeat_pairs
 
 CURVE_CASES = ("pullout_left", "pullout_right", "compression")
 
@@ -151,3 +151,37 @@ def curves(curves_by_patient, case_prefix: str) -> bytes | None:
     fig.supxlabel("displacement (mm)", fontsize=8)
     fig.supylabel("force (N)", fontsize=8)
     return _png(fig, dpi=90)
+
+
+def bland_altman(rows, keys) -> bytes | None:
+    """Bland-Altman plots of repeat scans, one panel per measure: the difference (repeat - first,
+    % of the pair's mean) against the pair's mean, with the mean difference and its 95 % limits
+    of agreement (mean ± 1.96 SD). None when no measure has a repeat pair."""
+    panels = [(k, np.array(repeat_pairs(rows, k))) for k in keys]
+    panels = [(k, p) for k, p in panels if len(p)]
+    if not panels:
+        return None
+    ncol = min(3, len(panels))
+    nrow = -(-len(panels) // ncol)
+    fig = _fig(3.3 * ncol, 2.9 * nrow)
+    axes = np.atleast_1d(fig.subplots(nrow, ncol)).ravel()
+    for ax, (k, p) in zip(axes, panels):
+        mean = p.mean(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            diff = 100.0 * (p[:, 1] - p[:, 0]) / mean
+        ok = np.isfinite(diff)
+        ax.scatter(mean[ok], diff[ok], s=16, color="tab:blue")
+        if ok.sum():
+            md = float(diff[ok].mean())
+            sd = float(diff[ok].std(ddof=1)) if ok.sum() > 1 else 0.0
+            ax.axhline(md, color="tab:red", lw=1, label=f"mean {md:+.2f} %")
+            for v in (md - 1.96 * sd, md + 1.96 * sd):
+                ax.axhline(v, color="tab:red", lw=0.8, ls="--")
+            ax.legend(fontsize=7, title=f"limits ±{1.96 * sd:.2f} %", title_fontsize=7)
+        ax.axhline(0.0, color="0.6", lw=0.6)
+        ax.set_xlabel(f"mean of the pair: {_label(k)}", fontsize=8)
+        ax.set_ylabel("repeat - first (% of mean)", fontsize=8)
+        ax.set_title(f"{MEASURES.get(k, (k,))[0]}, n = {int(ok.sum())}", fontsize=8)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    return _png(fig)

@@ -21,6 +21,7 @@ patient's earliest date. Options file (TOML)::
     workers = 2
     scheduler = "tcp://host:8786"
     notes = ["Remarks quoted at the top of the report"]
+    longitudinal = "mesh"   # off | plan | mesh: follow-ups registered to baseline (fesim.longitudinal)
     [run]                   # any fesim.pipeline.RunOptions field
     mesh_size_mm = 2.0
 
@@ -41,7 +42,8 @@ from fesim.errors import ManifestError
 
 COLUMNS = ("patient", "month", "visit_date", "path", "labels", "level", "dxa_abmd_g_cm2",
            "dxa_tscore", "arm", "repeat")
-STUDY_KEYS = {"baseline_month": int, "backend": str, "workers": int, "scheduler": str, "notes": list}
+STUDY_KEYS = {"baseline_month": int, "backend": str, "workers": int, "scheduler": str, "notes": list,
+              "longitudinal": str}
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 DAYS_PER_MONTH = 30.4375
 
@@ -86,6 +88,9 @@ def read_options(path) -> tuple[dict, dict, list[str]]:
     for k, typ in STUDY_KEYS.items():
         if k in study and not isinstance(study[k], typ):
             problems.append(f"options file [study]: {k} must be {typ.__name__}, got {study[k]!r}")
+    if isinstance(study.get("longitudinal"), str) and study["longitudinal"] not in ("off", "plan", "mesh"):
+        problems.append(f"options file [study]: longitudinal must be off, plan or mesh, "
+                        f"got {study['longitudinal']!r}")
     for k in ("rod_densities", "screw_entry", "screw_direction", "export"):
         if isinstance(run.get(k), list):
             run[k] = tuple(run[k])

@@ -28,7 +28,11 @@ FIGURES = {
     "spaghetti": "fig_change_spaghetti.png",
     "curves_pullout": "fig_curves_pullout.png",
     "curves_compression": "fig_curves_compression.png",
+    "bland_altman": "fig_precision_bland_altman.png",
 }
+#: Measures whose repeat-scan agreement the Bland-Altman figure shows.
+PRECISION_FIGURE_KEYS = (KEYS.pullout_strength_N, KEYS.compression_strength_N, KEYS.vbmd_screw_mg_cm3,
+                         KEYS.vbmd_trabecular_mg_cm3, KEYS.abmd_g_cm2, KEYS.pullout_stiffness_N_per_mm)
 _SHORT = {DXA_ABMD: "DXA aBMD", **{k: key_info(k)["short"] for k in BMD_MEASURES if k != DXA_ABMD}}
 
 
@@ -101,10 +105,25 @@ def methods_text(rows, st, config: dict, n_primary: int) -> str:
            "test. " if st["arms"] else "")
         + ("Precision from repeat scans is the root-mean-square SD and CV (Glüer et al. 1995), "
            "with the least significant change 2.77 × RMS-SD. " if st["precision"] else "")
+        + _longitudinal_method(config.get("longitudinal"), rows)
         + f"Multiplicity: p-values of the {n_primary} primary tests (Pearson correlations, Meng "
         "tests, mixed-model changes" + (", arm comparisons" if st["arms"] else "")
         + ") are Holm-adjusted (p_holm in stats.csv); the other p-values are supportive and "
         "unadjusted.")
+
+
+def _longitudinal_method(mode, rows) -> str:
+    modes = {str(r[KEYS.longitudinal_mode]) for r in rows if r.get(KEYS.longitudinal_mode) not in (None, "")}
+    mode = ", ".join(sorted(modes)) if modes else (mode or "off")
+    if mode == "off":
+        return "Each scan was analysed on its own (longitudinal consistency off). "
+    return (f"Longitudinal consistency '{mode}': each follow-up (repeat scans included) was "
+            "registered rigidly to its patient's baseline scan (normalised cross-correlation of the "
+            "calibrated BMD over the dilated baseline vertebra) and analysed in the baseline's frame "
+            "with the baseline's screw plan and measurement regions"
+            + (", on the baseline's mesh with the follow-up's BMD" if mode == "mesh" else "")
+            + "; follow-ups that did not register (mask Dice, volume or BMD correlation out of "
+            "limits) were refused. ")
 
 
 def _scatter_pairs(st) -> list[tuple[str, str]]:
@@ -202,11 +221,50 @@ def _blocks(rows, st, table, notes, config, figs) -> list[tuple]:
                 _f(p["rms_cv_pct"], 2), _f(p["lsc"], 3), _f(p["lsc_pct"], 2)]
                for k, p in st["precision"].items()]
         b.append(("table", ["Measure", "subjects", "scans", "RMS-SD", "RMS-CV %", "LSC", "LSC %"], tab))
+        b.append(("p", "Repeat scans: same patient and visit, repositioned and rescanned. RMS-SD and "
+                       "RMS-CV over subjects (Glüer et al. 1995); LSC = 2.77 × RMS-SD is the least "
+                       "change of one patient's value that exceeds the measurement error at 95 % "
+                       f"confidence. Longitudinal mode of these numbers: {_mode_text(rows, config)}."))
 
+    b += _longitudinal_blocks(rows, config)
     if figs:
         b.append(("h", 2, "Figures"))
         b += [("fig", cap, name) for cap, name, _ in figs]
     b += [("h", 2, "Methods"), ("p", methods_text(rows, st, config, n_primary_tests(table)))]
+    return b
+
+
+def _mode_text(rows, config) -> str:
+    modes = sorted({str(r[KEYS.longitudinal_mode]) for r in rows if r.get(KEYS.longitudinal_mode) not in (None, "")})
+    return ", ".join(modes) if modes else str((config or {}).get("longitudinal") or "off")
+
+
+_MODE_MEANING = {
+    "off": "every scan planned, meshed and measured on its own",
+    "plan": "each follow-up registered rigidly to its patient's baseline and analysed with the "
+            "baseline's screw plan and measurement regions (its own mesh)",
+    "mesh": "each follow-up registered rigidly to its patient's baseline and its BMD mapped onto "
+            "the baseline's mesh, with the baseline's screws and regions (same mesh, new densities)",
+}
+
+
+def _longitudinal_blocks(rows, config) -> list[tuple]:
+    """The section saying which longitudinal mode produced the numbers, with registration residuals."""
+    mode = _mode_text(rows, config)
+    b = [("h", 2, "Longitudinal consistency"),
+         ("p", f"Mode: {mode} ({'; '.join(_MODE_MEANING.get(m, m) for m in mode.split(', '))}). "
+               "Patients with a single scan are always analysed on their own.")]
+    tab = [[str(r["patient"]), str(r["month"]), str(r.get("repeat") or 1),
+            _f(r.get(KEYS.registration_rotation_deg), 2), _f(r.get(KEYS.registration_shift_mm), 2),
+            _f(r.get(KEYS.registration_dice), 3), _f(r.get(KEYS.registration_correlation), 3),
+            _f(r.get(KEYS.registration_rms_bmd_mg_cm3), 1)]
+           for r in rows if r.get(KEYS.registration_dice) not in (None, "")]
+    if tab:
+        b.append(("p", "Registration of each follow-up to its baseline (rigid, vertebra BMD; the "
+                       "transform's rotation and shift, mask Dice, BMD correlation and RMS BMD "
+                       "difference after registration):"))
+        b.append(("table", ["Patient", "Month", "Repeat", "Rotation (°)", "Shift (mm)", "Dice", "r BMD",
+                            "RMS ΔBMD (mg/cm³)"], tab))
     return b
 
 
@@ -333,6 +391,11 @@ def write_report(rows, out_dir, notes=(), figures: bool = True, scans_dir=None,
         figs.append(("Per-patient trajectories with the visit mean ± 95 % CI", FIGURES["spaghetti"],
                      F.spaghetti(st, prim, keys)))
         curves = F.load_curves(scans_dir, prim) if scans_dir.is_dir() else {}
+        ba = F.bland_altman(rows, [k for k in PRECISION_FIGURE_KEYS if k in st["precision"]])
+        if ba is not None:
+            figs.append(("Precision: Bland-Altman plots of repeat scans (repeat - first, % of the "
+                         "pair's mean; mean difference and 95 % limits of agreement)",
+                         FIGURES["bland_altman"], ba))
         for case, key in (("pullout", "curves_pullout"), ("compression", "curves_compression")):
             png = F.curves(curves, case)
             if png is not None:

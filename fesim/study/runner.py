@@ -34,7 +34,7 @@ def effective_options(run_options: dict, default_runner: bool) -> dict:
 def run_study(study, out_dir, options=None, run_options: dict | None = None,
               backend: str | None = None, n_workers: int | None = None,
               scheduler_address: str | None = None, run_one=None, progress=None,
-              notes=(), report: bool = True) -> list[dict]:
+              notes=(), report: bool = True, longitudinal: str | None = None) -> list[dict]:
     """Run a study end to end and write ``results.csv``, ``stats.csv``, the report and figures.
 
     Parameters
@@ -59,6 +59,10 @@ def run_study(study, out_dir, options=None, run_options: dict | None = None,
         Remarks quoted at the top of the report (added to ``[study] notes``).
     report : bool
         Write the report (False: results tables only).
+    longitudinal : {"off", "plan", "mesh"}, optional
+        Longitudinal consistency (:func:`fesim.study.cohort.run_cohort`); default the options
+        file's ``[study] longitudinal``, else :func:`fesim.study.cohort.default_longitudinal`
+        ("mesh" with the default per-scan function and tetrahedral meshes).
 
     Returns
     -------
@@ -76,14 +80,18 @@ def run_study(study, out_dir, options=None, run_options: dict | None = None,
 
         raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     n_workers = n_workers or s.get("workers")
+    from .cohort import default_longitudinal
+
+    longitudinal = longitudinal or s.get("longitudinal") or default_longitudinal(run, run_one is None)
     out = Path(out_dir)
     t0 = time.perf_counter()
     config = {"options": effective_options(run, run_one is None), "backend": backend,
               "workers": n_workers, "scheduler": scheduler_address,
-              "baseline_month": s.get("baseline_month")}
+              "baseline_month": s.get("baseline_month"), "longitudinal": longitudinal}
     atomic_write_json(out / "study.json", {**config, "n_scans": len(study.scans)})
     rows = run_cohort(study.scans, out, run_one=run_one, backend=backend, n_workers=n_workers,
-                      scheduler_address=scheduler_address, options=run, progress=progress)
+                      scheduler_address=scheduler_address, options=run, progress=progress,
+                      longitudinal=longitudinal, baseline_month=s.get("baseline_month"))
     n_fail = len(load_failures(out))
     log.info("study: %d scans analysed, %d failed, in %.1f s", len(rows), n_fail,
              time.perf_counter() - t0)

@@ -122,6 +122,19 @@ def _arms(rows, months, base, base_rows, present) -> dict:
     return res
 
 
+def repeat_pairs(rows, key) -> list[tuple[float, float]]:
+    """``(first scan, first repeat)`` values of ``key`` per patient and visit with a repeat scan."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["patient"], int(r["month"])), {})[int(r.get("repeat") or 1)] = r.get(key)
+    out = []
+    for g in groups.values():
+        reps = sorted(k for k in g if k > 1)
+        if 1 in g and reps and g[1] not in (None, "") and g[reps[0]] not in (None, ""):
+            out.append((float(g[1]), float(g[reps[0]])))
+    return out
+
+
 def _precision(all_rows, present) -> dict:
     groups = {}
     for r in all_rows:
@@ -189,6 +202,8 @@ def stats_table(st: dict) -> list[dict]:
     for k, pr in st["precision"].items():
         add("precision", None, k, "", "RMS-SD of repeat scans (LSC = 2.77 RMS-SD)", pr["n_subjects"],
             pr["rms_sd"], pct=pr["rms_cv_pct"], note=pr["note"])
+        add("precision", None, k, "", "least significant change (2.77 RMS-SD)", pr["n_subjects"],
+            pr["lsc"], pct=pr["lsc_pct"], note=pr["note"])
     prim = [i for i, r in enumerate(rows) if r["family"] == PRIMARY]
     adj = S.holm([rows[i]["p"] for i in prim])
     for i, p in zip(prim, adj):
