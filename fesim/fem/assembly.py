@@ -274,7 +274,8 @@ class Assembler:
         straight into the arrays of ``K_ff``, ``K_fc`` and ``K_c`` (node rows split across the
         cores), with no full matrix, no component passes and no compaction. Otherwise (hex8,
         curved tet10, no numba) it is exactly the call above. Same matrices either way (entry
-        for entry, up to round-off in the summation order).
+        for entry, up to round-off in the summation order). The index arrays of ``K_ff`` and
+        ``K_c`` are shared with the cached structure: change their data only.
         """
         free = np.asarray(free)
         fixed = np.asarray(fixed)
@@ -301,8 +302,8 @@ class Assembler:
         nf, nc = free.size, fixed.size
         K_ff = sp.csr_matrix((ff, mp["ff_idx"], mp["ff_ptr"]), shape=(nf, nf))
         K_ff.has_sorted_indices = True
-        K_fc = sp.csr_matrix((fc, mp["fc_idx"], mp["fc_ptr"]), shape=(nf, nc))
-        K_fc.sort_indices()
+        K_fc = sp.csr_matrix((fc[mp["fc_perm"]], mp["fc_idx"].copy(), mp["fc_ptr"].copy()), shape=(nf, nc))
+        K_fc.has_sorted_indices = True
         K_c = sp.csr_matrix((kc, mp["c_idx"], mp["c_ptr"]), shape=(nc, self.n_dofs))
         K_c.has_sorted_indices = True
         return K_ff, K_fc, K_c
@@ -344,8 +345,15 @@ class Assembler:
         kernels._reduced_rows(p.indptr, p.indices, isf, fmap, cmap, free64, fixed64, *ptrs, *off,
                               *idx, True)
         ptrs = [q.astype(it) for q in ptrs]
+        # K_fc's columns (fixed-unknown numbers) come out of order within a row: keep the
+        # sorting permutation so that each assembly returns sorted K_fc without sorting again
+        S = sp.csr_matrix((np.arange(idx[1].size, dtype=np.float64), idx[1], ptrs[1]),
+                          shape=(free.size, fixed.size))
+        S.sort_indices()
+        fc_perm = S.data.astype(np.int64)
+        idx[1] = S.indices
         out = {"fmap": fmap, "cmap": cmap, "nfb": nfb, "ncb": ncb, "ff_ptr": ptrs[0], "fc_ptr": ptrs[1],
-               "c_ptr": ptrs[2], "off_ff": off[0], "off_fc": off[1], "ff_idx": idx[0], "fc_idx": idx[1],
+               "c_ptr": ptrs[2], "off_ff": off[0], "off_fc": off[1], "ff_idx": idx[0], "fc_idx": idx[1], "fc_perm": fc_perm,
                "c_idx": idx[2]}
         self._maps = (key, out)
         return out
