@@ -170,7 +170,9 @@ def _run_child(args, order, size) -> dict:
            "--ccx-max-dofs", str(args.ccx_max_dofs)]
     if args.no_ccx:
         cmd.append("--no-ccx")
-    if not args.no_peers:
+    if args.no_peers:
+        cmd.append("--no-peers")
+    else:
         cmd += ["--peers", *args.peers, "--threads", str(args.threads), "--peer-timeout", str(args.peer_timeout)]
         if args.peer_python:
             cmd += ["--peer-python", args.peer_python]
@@ -296,7 +298,8 @@ def main(argv=None):
             rows.append(_run_child(args, order, size))
             r = rows[-1]
             print(f"  done order={order} size={size:.0e}: "
-                  + (r.get("error") or f"{r['fesim_s']:.1f} s, {r['iterations']} it, ccx {r.get('ccx_s', r.get('ccx'))}"),
+                  + (r.get("error") or f"{r['fesim_s']:.1f} s, {r['iterations']} it, ccx {r.get('ccx_s', r.get('ccx'))}"
+                     + "".join(f", {PEER_NAMES[p]} {_peer_cell(r, p)[0]}" for p in PEERS if p in r)),
                   flush=True)
     print(format_table(rows))
     peers = format_peers(rows)
