@@ -222,6 +222,9 @@ def _peer_cell(r, peer) -> tuple[str, float | None]:
         return "skipped", None
     if "error" in p:
         return f"failed: {p['error'][:60]}", None
+    if p.get("reason", 1) < 0 or p.get("residual", 0.0) > 1e-7:  # KSPConvergedReason < 0: diverged
+        return (f"not converged (reason {p.get('reason')}, residual {p['residual']:.0e} after "
+                f"{p['iterations']} it)"), None
     if peer == "ngsolve":
         tot = p["assembly_setup_s"] + p["solve_s"]
         return (f"{tot:.1f} ({p['assembly_setup_s']:.1f} + {p['solve_s']:.1f}), {p['iterations']} it, "
