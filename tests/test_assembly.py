@@ -85,3 +85,57 @@ def test_partition_in_place_matches_copy():
     for a, b in zip(ref, got):
         assert (a != b).nnz == 0 and a.shape == b.shape
     assert got[0].has_sorted_indices
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_assemble_reduced_matches_partition(order):
+    """The one-pass reduced assembly (numba when installed) gives the matrices of
+    ``partition(assemble(...))``: same structure, same values, for partial constraints on
+    unsorted unknowns and after new moduli."""
+    from fesim.fem import kernels
+
+    mesh = _distorted(order, seed=3)
+    rng = np.random.default_rng(4)
+    E = rng.uniform(50.0, 20000.0, mesh.n_elements)
+    nu = rng.uniform(0.2, 0.45, mesh.n_elements)
+    n = 3 * mesh.n_nodes
+    z = mesh.points[:, 2]
+    fixed = np.concatenate([(3 * np.flatnonzero(z < 1e-9)[:, None] + np.arange(3)).ravel(),
+                            3 * np.flatnonzero(z > 2.0 - 1e-9) + 2])
+    fixed = rng.permutation(np.concatenate([fixed, [3 * 7 + 1]]))  # one lone x-free node
+    free = np.setdiff1d(np.arange(n), fixed)
+    asm = Assembler(mesh.points, mesh.cells)
+    for scale in (1.0, 3.0):
+        ref = partition(asm.assemble(scale * E, nu).tocsr(), free, fixed)
+        got = asm.assemble_reduced(scale * E, nu, free, fixed)
+        for A, B in zip(ref, got):
+            A.sort_indices()
+            assert A.shape == B.shape and A.nnz == B.nnz
+            np.testing.assert_array_equal(A.indptr, B.indptr)
+            np.testing.assert_array_equal(A.indices, B.indices)
+            np.testing.assert_allclose(B.data, A.data, rtol=1e-12, atol=1e-12 * np.abs(A.data).max())
+    if kernels.HAVE_NUMBA:
+        assert asm._maps is not None  # the compiled path ran
+
+
+def test_compiled_pattern_and_matvec_match_numpy():
+    from fesim.fem import kernels
+    from fesim.fem.assembly import SparsityPattern
+
+    if not kernels.HAVE_NUMBA:
+        pytest.skip("numba not installed (optional extra 'fast')")
+    mesh = _distorted(2, seed=5)
+    p1 = SparsityPattern.from_cells(mesh.cells, mesh.n_nodes)
+    try:
+        kernels.HAVE_NUMBA = False
+        p0 = SparsityPattern.from_cells(mesh.cells, mesh.n_nodes)
+    finally:
+        kernels.HAVE_NUMBA = True
+    for k in ("indptr", "indices", "block_of"):
+        np.testing.assert_array_equal(getattr(p0, k), getattr(p1, k))
+    K = Assembler(mesh.points, mesh.cells).assemble(np.full(mesh.n_elements, 1000.0), 0.3).tocsr()
+    x = np.random.default_rng(0).normal(size=K.shape[0])
+    np.testing.assert_allclose(kernels.ThreadedCSR(K) @ x, K @ x, rtol=1e-12, atol=1e-9)
+    K32 = K.astype(np.float32)
+    np.testing.assert_allclose(kernels.ThreadedCSR(K32) @ x.astype(np.float32), K32 @ x.astype(np.float32),
+                               rtol=1e-4, atol=1e-3 * np.abs(K32 @ x.astype(np.float32)).max())

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from . import elements
+from . import elements, kernels
 from ..cells import HEX_CORNERS
 
 #: Elements per chunk during assembly: bounds temporary memory (tet10: ~14 kB per element).
@@ -39,6 +39,8 @@ class SparsityPattern:
     def from_cells(cls, cells: np.ndarray, n_nodes: int) -> "SparsityPattern":
         M, n = np.shape(cells)
         K = M * n * n
+        if kernels.HAVE_NUMBA and M > 0:
+            return cls._from_cells_compiled(np.asarray(cells), n_nodes)
         # int32 whenever it fits: halves the memory (and the page faults) of every temporary
         it = np.int32 if max(K, n_nodes) < 2**31 - 1 else np.int64
         cells = np.asarray(cells, dtype=it)
@@ -64,6 +66,34 @@ class SparsityPattern:
         np.cumsum(np.bincount(r[new], minlength=n_nodes), out=indptr[1:])
         indices = c[new].astype(np.int32)
         return cls(n_nodes, indptr, indices, block_of.reshape(M, n, n))
+
+
+    @classmethod
+    def _from_cells_compiled(cls, cells, n_nodes: int) -> "SparsityPattern":
+        """Same pattern from each node's incident elements (numba, rows across the cores):
+        a marker array finds each row's distinct neighbours; no global sort."""
+        M, n = cells.shape
+        inc_ptr, inc_e, _ = node_incidence(cells, n_nodes)
+        indptr = np.zeros(n_nodes + 1, dtype=np.int64)
+        nchunk = 4 * kernels.n_threads()
+        dummy = np.zeros(0, dtype=np.int32)
+        kernels._pattern_rows(cells, inc_ptr, inc_e, nchunk, indptr, dummy, np.zeros((0, n, n), np.int32), False)
+        np.cumsum(indptr, out=indptr)
+        it = np.int32 if max(indptr[-1], n_nodes) < 2**31 - 1 else np.int64
+        indices = np.empty(indptr[-1], dtype=np.int32)
+        block_of = np.empty((M, n, n), dtype=it)
+        kernels._pattern_rows(cells, inc_ptr, inc_e, nchunk, indptr, indices, block_of, True)
+        return cls(n_nodes, indptr, indices, block_of)
+
+
+def node_incidence(cells: np.ndarray, n_nodes: int):
+    """Node -> (element, local node) incidence in CSR form: ``(ptr, elem, local)``."""
+    M, n = cells.shape
+    flat = cells.ravel()
+    order = np.argsort(flat, kind="stable")
+    ptr = np.zeros(n_nodes + 1, dtype=np.int64)
+    np.cumsum(np.bincount(flat, minlength=n_nodes), out=ptr[1:])
+    return ptr, (order // n).astype(np.int32), (order % n).astype(np.int32)
 
 
 def assemble_blocks(pattern: SparsityPattern, Ke: np.ndarray, scale=None, sl=slice(None),
@@ -195,6 +225,9 @@ class Assembler:
         self.affine = is_affine(self.points, self.cells)
         self._g = None  # (M, 4, 3) barycentric gradients, 1/mm, and (M,) volumes, mm^3
         self._vol = None
+        self._terms = None  # sparse affine product tensor (assemble_reduced)
+        self._inc = None  # node -> element incidence (assemble_reduced)
+        self._maps = None  # (key, block positions in the reduced matrices) of the last constraint set
 
     @property
     def n_dofs(self) -> int:
@@ -233,6 +266,97 @@ class Assembler:
             self._assemble_curved(lam, mu, data)
         p = self.pattern
         return sp.bsr_matrix((data, p.indices, p.indptr), shape=(self.n_dofs, self.n_dofs))
+
+    def assemble_reduced(self, E, nu, free: np.ndarray, fixed: np.ndarray):
+        """``partition(self.assemble(E, nu).tocsr(), free, fixed, overwrite=True)`` in one pass.
+
+        Straight-sided tet4/tet10 meshes with numba installed: the element stiffness is added
+        straight into the arrays of ``K_ff``, ``K_fc`` and ``K_c`` (node rows split across the
+        cores), with no full matrix, no component passes and no compaction. Otherwise (hex8,
+        curved tet10, no numba) it is exactly the call above. Same matrices either way (entry
+        for entry, up to round-off in the summation order). The index arrays of ``K_ff`` and
+        ``K_c`` are shared with the cached structure: change their data only.
+        """
+        free = np.asarray(free)
+        fixed = np.asarray(fixed)
+        M, n = self.cells.shape
+        if not (kernels.HAVE_NUMBA and self.affine and n in (4, 10) and self._hex_ref is None):
+            return partition(self.assemble(E, nu).tocsr(), free, fixed, overwrite=True)
+        E = np.broadcast_to(np.asarray(E, dtype=float), (M,))
+        nu = np.broadcast_to(np.asarray(nu, dtype=float), (M,))
+        lam, mu = elements.lame(E, nu)
+        g, vol = self._barycentric_gradients()
+        mp = self._reduced_maps(free, fixed)
+        ff = np.zeros(mp["ff_ptr"][-1])
+        fc = np.zeros(mp["fc_ptr"][-1])
+        kc = np.zeros(mp["c_ptr"][-1])
+        if self._terms is None:
+            T = affine_product_tensor(n) if n == 10 else np.eye(16)
+            self._terms = kernels.product_terms(T, n)
+        inc_ptr, inc_e, inc_a = self._incidence()
+        p = self.pattern
+        kernels._assemble_reduced_affine(
+            self.cells, g, vol, np.ascontiguousarray(lam), np.ascontiguousarray(mu), inc_ptr, inc_e, inc_a,
+            p.block_of, p.indptr, *self._terms, mp["fmap"], mp["cmap"], mp["nfb"], mp["ncb"],
+            mp["ff_ptr"], mp["off_ff"], mp["fc_ptr"], mp["off_fc"], mp["c_ptr"], ff, fc, kc)
+        nf, nc = free.size, fixed.size
+        K_ff = sp.csr_matrix((ff, mp["ff_idx"], mp["ff_ptr"]), shape=(nf, nf))
+        K_ff.has_sorted_indices = True
+        K_fc = sp.csr_matrix((fc[mp["fc_perm"]], mp["fc_idx"].copy(), mp["fc_ptr"].copy()), shape=(nf, nc))
+        K_fc.has_sorted_indices = True
+        K_c = sp.csr_matrix((kc, mp["c_idx"], mp["c_ptr"]), shape=(nc, self.n_dofs))
+        K_c.has_sorted_indices = True
+        return K_ff, K_fc, K_c
+
+    def _incidence(self):
+        """Node -> (element, local node) incidence in CSR form (cached)."""
+        if self._inc is None:
+            self._inc = node_incidence(self.cells, self.pattern.n_nodes)
+        return self._inc
+
+    def _reduced_maps(self, free, fixed) -> dict:
+        """Structure of ``K_ff``, ``K_fc``, ``K_c`` and where each node pair's 3x3 block lands
+        in it (cached for the last constraint set)."""
+        key = (free.size, fixed.size, hash(fixed.tobytes()))
+        if self._maps is not None and self._maps[0] == key:
+            return self._maps[1]
+        p = self.pattern
+        N = p.n_nodes
+        fmap = np.full(3 * N, -1, dtype=np.int64)
+        fmap[free] = np.arange(free.size)
+        cmap = np.full(3 * N, -1, dtype=np.int64)
+        cmap[fixed] = np.arange(fixed.size)
+        isf = (fmap >= 0).astype(np.int8)
+        isf3 = isf.reshape(N, 3)
+        nfb = (np.cumsum(isf3, axis=1) - isf3).astype(np.int8)  # free components of b before j
+        ncb = (np.arange(3)[None, :] - nfb).astype(np.int8)  # fixed components of b before j
+        nnzb = p.nnz_blocks
+        ptrs = [np.zeros(free.size + 1, dtype=np.int64), np.zeros(free.size + 1, dtype=np.int64),
+                np.zeros(fixed.size + 1, dtype=np.int64)]
+        off = [np.zeros(nnzb, dtype=np.int32), np.zeros(nnzb, dtype=np.int32)]
+        dummy = np.zeros(0, dtype=np.int32)
+        free64, fixed64 = free.astype(np.int64), fixed.astype(np.int64)
+        kernels._reduced_rows(p.indptr, p.indices, isf, fmap, cmap, free64, fixed64, *ptrs, *off,
+                              dummy, dummy, dummy, False)
+        for q in ptrs:
+            np.cumsum(q, out=q)
+        it = np.int32 if max(ptrs[0][-1], ptrs[2][-1], 3 * N) < 2**31 - 1 else np.int64
+        idx = [np.empty(q[-1], dtype=it) for q in ptrs]
+        kernels._reduced_rows(p.indptr, p.indices, isf, fmap, cmap, free64, fixed64, *ptrs, *off,
+                              *idx, True)
+        ptrs = [q.astype(it) for q in ptrs]
+        # K_fc's columns (fixed-unknown numbers) come out of order within a row: keep the
+        # sorting permutation so that each assembly returns sorted K_fc without sorting again
+        S = sp.csr_matrix((np.arange(idx[1].size, dtype=np.float64), idx[1], ptrs[1]),
+                          shape=(free.size, fixed.size))
+        S.sort_indices()
+        fc_perm = S.data.astype(np.int64)
+        idx[1] = S.indices
+        out = {"fmap": fmap, "cmap": cmap, "nfb": nfb, "ncb": ncb, "ff_ptr": ptrs[0], "fc_ptr": ptrs[1],
+               "c_ptr": ptrs[2], "off_ff": off[0], "off_fc": off[1], "ff_idx": idx[0], "fc_idx": idx[1], "fc_perm": fc_perm,
+               "c_idx": idx[2]}
+        self._maps = (key, out)
+        return out
 
     def _assemble_affine(self, lam, mu) -> np.ndarray:
         M, n = self.cells.shape

@@ -16,7 +16,7 @@ from scipy.sparse.csgraph import connected_components
 import scipy.sparse as sp
 
 from ..errors import ModelError
-from .assembly import Assembler, partition
+from .assembly import Assembler
 from .solvers import LinearSolver, SolveInfo, make_solver
 
 
@@ -278,8 +278,7 @@ class StaticProblem:
 
     def _full_assembly(self, E):
         m = self.model
-        K = self.assembler.assemble(E, m.nu).tocsr()
-        self.K_ff, self.K_fc, self.K_c = partition(K, self.free, m.bc_dofs, overwrite=True)
+        self.K_ff, self.K_fc, self.K_c = self.assembler.assemble_reduced(E, m.nu, self.free, m.bc_dofs)
         self._upd = None  # in-place updater, built on the first incremental update
 
     def _updater(self):

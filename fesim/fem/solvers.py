@@ -29,6 +29,7 @@ import scipy.sparse.linalg as spla
 from ..cells import TET10_EDGES
 from ..errors import SolverError
 from ..registry import Registry
+from .kernels import HAVE_NUMBA, ThreadedCSR
 
 AUTO_DIRECT_MAX_DOFS = 20_000
 
@@ -57,6 +58,8 @@ def cg_counted(A, b, M, x0=None, rtol: float = 1e-8, maxiter: int | None = None)
     def count(xk):
         it[0] += 1
 
+    if HAVE_NUMBA and sp.isspmatrix_csr(A):
+        A = ThreadedCSR(A)  # products on all cores; no copy
     x, info = spla.cg(A, b, x0=x0, rtol=rtol, atol=0.0, maxiter=maxiter, M=M, callback=count)
     return x, info, it[0]
 
@@ -351,7 +354,7 @@ class PMultigridSolver(LinearSolver):
         self._ml = sa_hierarchy(Ac, Bc)
         t_amg = time.perf_counter()
         dtype = np.float32 if self.float32 else np.float64
-        self._As = A.astype(dtype)
+        self._As = ThreadedCSR(A.astype(dtype))
         self._dinv = (1.0 / A.diagonal()).astype(dtype)
         lmax = self._lambda_max(A)
         self._lmin, self._lmax = lmax / self.ratio, 1.05 * lmax
@@ -363,7 +366,8 @@ class PMultigridSolver(LinearSolver):
     def _lambda_max(self, A):
         d = np.sqrt(self._dinv.astype(np.float64))
         n = A.shape[0]
-        op = spla.LinearOperator((n, n), matvec=lambda x: d * (A @ (d * x)), dtype=np.float64)
+        At = ThreadedCSR(A)
+        op = spla.LinearOperator((n, n), matvec=lambda x: d * (At @ (d * x)), dtype=np.float64)
         return float(spla.eigsh(op, k=1, which="LA", tol=1e-3, ncv=12, maxiter=200,
                                 v0=np.ones(n), return_eigenvectors=False)[0])
 

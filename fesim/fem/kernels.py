@@ -1,0 +1,252 @@
+"""Compiled kernels (numba, the optional ``fast`` extra) of the linear core.
+
+Everything here has a numpy/scipy equivalent that fesim uses when numba is not installed
+(:data:`HAVE_NUMBA` is False); the kernels only change speed, never results beyond
+round-off. Threaded kernels split rows across the cores (``numba.prange``): scipy's sparse
+matrix-vector product runs on one core, and at a million unknowns it is memory-bound, so
+the second core's memory bandwidth is the gain.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+try:  # optional: pip install fesim[fast]
+    if os.environ.get("FESIM_NO_NUMBA") == "1":
+        raise ImportError("disabled by FESIM_NO_NUMBA=1")
+    import numba
+    from numba import njit, prange
+
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover - exercised when numba is absent
+    HAVE_NUMBA = False
+
+#: Rows per parallel chunk of the threaded products (balances the two cores, keeps chunks in cache).
+_ROWS_PER_CHUNK = 4096
+
+if HAVE_NUMBA:
+    @njit(parallel=True, cache=True, fastmath=False)
+    def _csr_matvec(indptr, indices, data, x, y):
+        n = y.size
+        nchunk = (n + _ROWS_PER_CHUNK - 1) // _ROWS_PER_CHUNK
+        for c in prange(nchunk):
+            r1 = min(n, (c + 1) * _ROWS_PER_CHUNK)
+            for r in range(c * _ROWS_PER_CHUNK, r1):
+                acc = 0.0
+                for k in range(indptr[r], indptr[r + 1]):
+                    acc += data[k] * x[indices[k]]
+                y[r] = acc
+
+
+def n_threads() -> int:
+    """Threads the compiled kernels use (1 without numba)."""
+    return numba.get_num_threads() if HAVE_NUMBA else 1
+
+
+class ThreadedCSR(spla.LinearOperator):
+    """A CSR matrix whose product with a vector runs on all cores (numba), else scipy's.
+
+    Accumulates in float64 for float64 data and in float32 for float32 data, as scipy does.
+    """
+
+    def __init__(self, A: sp.csr_matrix):
+        A = A if sp.isspmatrix_csr(A) else A.tocsr()
+        super().__init__(A.dtype, A.shape)
+        self.A = A
+
+    def _matvec(self, x):
+        A = self.A
+        x = np.ravel(x)
+        if not HAVE_NUMBA:
+            return A @ x
+        x = np.ascontiguousarray(x, dtype=np.result_type(A.dtype, x.dtype))
+        y = np.empty(A.shape[0], dtype=x.dtype)
+        _csr_matvec(A.indptr, A.indices, A.data, x, y)
+        return y
+
+    def _rmatvec(self, x):  # symmetric use only
+        return self._matvec(x)
+
+    def diagonal(self):
+        return self.A.diagonal()
+
+
+def product_terms(T: np.ndarray, n: int):
+    """Sparse form of the affine product tensor ``T`` (16, n*n) of :func:`affine_product_tensor`.
+
+    Returns ``sup`` (n, 2) and ``nsup`` (n,): the barycentric indices ``c`` with
+    ``dN_a/dL_c != 0`` (one for a corner, two for a mid-edge node), and per node pair
+    ``(a, b)`` up to four terms ``(k, d, t)``: ``K_ij[a, b] = sum t C_ij[sup[a, k], d]``.
+    """
+    T4 = T.reshape(4, 4, n, n)
+    sup = np.zeros((n, 2), dtype=np.int64)
+    nsup = np.zeros(n, dtype=np.int64)
+    for a in range(n):
+        cs = np.flatnonzero(np.abs(T4[:, :, a, a]).sum(axis=1) > 0)
+        nsup[a] = cs.size
+        sup[a, :cs.size] = cs
+    tk = np.zeros((n, n, 4), dtype=np.int64)
+    td = np.zeros((n, n, 4), dtype=np.int64)
+    tv = np.zeros((n, n, 4))
+    tn = np.zeros((n, n), dtype=np.int64)
+    for a in range(n):
+        for b in range(n):
+            m = 0
+            for k in range(nsup[a]):
+                for d in range(4):
+                    t = T4[sup[a, k], d, a, b]
+                    if t != 0.0:
+                        tk[a, b, m], td[a, b, m], tv[a, b, m] = k, d, t
+                        m += 1
+            tn[a, b] = m
+    return sup, nsup, tk, td, tv, tn
+
+
+if HAVE_NUMBA:
+    @njit(parallel=True, cache=True)
+    def _assemble_reduced_affine(cells, g, vol, lam, mu, inc_ptr, inc_e, inc_a, block_of, bindptr,
+                                 sup, nsup, tk, td, tv, tn, fmap, cmap, nfb, ncb,
+                                 ff_ptr, off_ff, fc_ptr, off_fc, c_ptr, ff, fc, kc):
+        """Stiffness of straight-sided elements added straight into the reduced CSR arrays.
+
+        Node rows are split across threads (prange): every entry of node ``a``'s three rows
+        is written by the thread owning ``a``, so there are no write conflicts.
+        """
+        n_nodes = inc_ptr.size - 1
+        n = cells.shape[1]
+        nchunk = (n_nodes + 255) // 256
+        for ch in prange(nchunk):
+            C = np.empty((2, 4, 3, 3))
+            blk = np.empty((3, 3))
+            for a in range(ch * 256, min(n_nodes, (ch + 1) * 256)):
+                for p in range(inc_ptr[a], inc_ptr[a + 1]):
+                    e = inc_e[p]
+                    la = inc_a[p]
+                    V, l_e, m_e = vol[e], lam[e], mu[e]
+                    for k in range(nsup[la]):
+                        c = sup[la, k]
+                        for d in range(4):
+                            dot = g[e, c, 0] * g[e, d, 0] + g[e, c, 1] * g[e, d, 1] + g[e, c, 2] * g[e, d, 2]
+                            for i in range(3):
+                                for j in range(3):
+                                    v = l_e * g[e, c, i] * g[e, d, j] + m_e * g[e, c, j] * g[e, d, i]
+                                    if i == j:
+                                        v += m_e * dot
+                                    C[k, d, i, j] = V * v
+                    for lb in range(n):
+                        for i in range(3):
+                            for j in range(3):
+                                blk[i, j] = 0.0
+                        for m in range(tn[la, lb]):
+                            k, d, t = tk[la, lb, m], td[la, lb, m], tv[la, lb, m]
+                            for i in range(3):
+                                for j in range(3):
+                                    blk[i, j] += t * C[k, d, i, j]
+                        kb = block_of[e, la, lb]
+                        b = cells[e, lb]
+                        for i in range(3):
+                            r = 3 * a + i
+                            fr = fmap[r]
+                            if fr >= 0:
+                                base_ff = ff_ptr[fr] + off_ff[kb]
+                                base_fc = fc_ptr[fr] + off_fc[kb]
+                                for j in range(3):
+                                    if fmap[3 * b + j] >= 0:
+                                        ff[base_ff + nfb[b, j]] += blk[i, j]
+                                    else:
+                                        fc[base_fc + ncb[b, j]] += blk[i, j]
+                            else:
+                                base = c_ptr[cmap[r]] + 3 * (kb - bindptr[a])
+                                for j in range(3):
+                                    kc[base + j] += blk[i, j]
+
+
+if HAVE_NUMBA:
+    @njit(parallel=True, cache=True)
+    def _pattern_rows(cells, inc_ptr, inc_e, nchunk, indptr, indices, block_of, fill):
+        """Node-pair pattern from the node -> element incidence; ``fill=False`` counts the row
+        lengths into ``indptr[1:]``, ``fill=True`` writes sorted ``indices`` and ``block_of``."""
+        n_nodes = inc_ptr.size - 1
+        n = cells.shape[1]
+        step = (n_nodes + nchunk - 1) // nchunk
+        for ch in prange(nchunk):
+            mark = np.full(n_nodes, -1, dtype=np.int64)
+            row = np.empty(64 * n, dtype=np.int64)
+            for a in range(ch * step, min(n_nodes, (ch + 1) * step)):
+                m = 0
+                for p in range(inc_ptr[a], inc_ptr[a + 1]):
+                    e = inc_e[p]
+                    for lb in range(n):
+                        b = cells[e, lb]
+                        if mark[b] != a:
+                            mark[b] = a
+                            if m == row.size:
+                                bigger = np.empty(2 * row.size, dtype=np.int64)
+                                bigger[:m] = row[:m]
+                                row = bigger
+                            row[m] = b
+                            m += 1
+                if not fill:
+                    indptr[a + 1] = m
+                    continue
+                r = np.sort(row[:m])
+                s = indptr[a]
+                for k in range(m):
+                    indices[s + k] = r[k]
+                    mark[r[k]] = -2 - k  # position of column r[k] in the row
+                for p in range(inc_ptr[a], inc_ptr[a + 1]):
+                    e = inc_e[p]
+                    la = -1
+                    for q in range(n):
+                        if cells[e, q] == a:
+                            la = q
+                    for lb in range(n):
+                        block_of[e, la, lb] = s + (-2 - mark[cells[e, lb]])
+                for k in range(m):
+                    mark[r[k]] = a
+
+    @njit(parallel=True, cache=True)
+    def _reduced_rows(bindptr, bindices, isf, fmap, cmap, free, fixed, ff_ptr, fc_ptr, c_ptr,
+                      off_ff, off_fc, ff_idx, fc_idx, c_idx, fill):
+        """Row pointers (``fill=False``: row lengths into ``*_ptr[1:]``) or column indices and
+        block offsets (``fill=True``) of ``K_ff``, ``K_fc`` and ``K_c``."""
+        nf = free.size
+        for r in prange(nf):
+            dof = free[r]
+            a = dof // 3
+            mf = 0
+            mc = 0
+            first = 0  # the node's first free row writes the block offsets (same for all its rows)
+            while not isf[3 * a + first]:
+                first += 1
+            own = fill and dof % 3 == first
+            for kb in range(bindptr[a], bindptr[a + 1]):
+                b = bindices[kb]
+                if own:
+                    off_ff[kb] = mf
+                    off_fc[kb] = mc
+                for j in range(3):
+                    if isf[3 * b + j]:
+                        if fill:
+                            ff_idx[ff_ptr[r] + mf] = fmap[3 * b + j]
+                        mf += 1
+                    else:
+                        if fill:
+                            fc_idx[fc_ptr[r] + mc] = cmap[3 * b + j]
+                        mc += 1
+            if not fill:
+                ff_ptr[r + 1] = mf
+                fc_ptr[r + 1] = mc
+        for r in prange(fixed.size):
+            a = fixed[r] // 3
+            if not fill:
+                c_ptr[r + 1] = 3 * (bindptr[a + 1] - bindptr[a])
+                continue
+            s = c_ptr[r]
+            for kb in range(bindptr[a], bindptr[a + 1]):
+                for j in range(3):
+                    c_idx[s + 3 * (kb - bindptr[a]) + j] = 3 * bindices[kb] + j
