@@ -170,7 +170,7 @@ def run_demo(out_dir="demo_out", n_patients: int = 21, backend: str = "dask",
     out = Path(out_dir)
     t0 = time.perf_counter()
     scans = write_demo_inputs(out, n_patients, months, seed, cohort, progress=progress,
-                              n_workers=n_workers or 1)
+                              n_workers=1 if backend == "local" else (n_workers or 1))
     t_inputs = time.perf_counter() - t0
     log.info("demo: %d synthetic QCT series ready in %.1f s", len(scans), t_inputs)
     opts = {**DEMO_OPTIONS, **(options or {})}
