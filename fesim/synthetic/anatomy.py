@@ -73,7 +73,8 @@ class Anatomy:
     body_h: float = 27.0                  # height
     disc_h: float = 9.0
     endplate_concavity_mm: float = 0.0    # central depth of each endplate's dip
-    cortex_mm: float = 1.0
+    cortex_mm: float = 1.0                # shell of the body and the posterior elements
+    pedicle_cortex_mm: float | None = None  # pedicle wall (None: cortex_mm)
     pedicle_half_w: float = 4.5
     pedicle_half_h: float = 7.0
     pedicle_angle_deg: float = 12.0       # medial convergence, posterior -> anterior
@@ -193,9 +194,10 @@ def partial_volume(sdf_fn, sdf, pts, axes_mm, cortex_mm: float, eps: float = 0.0
 
     As :func:`fesim.synthetic.phantom._partial_volume`: a linear ramp over the change of the
     signed distance across one voxel step; ``axes_mm`` (3, 3) holds the voxel steps (rows, mm)
-    in the frame of ``pts`` (N, 3).
+    in the frame of ``pts`` (N, 3); ``cortex_mm`` a thickness or one per point.
     """
     step = np.linalg.norm(axes_mm, axis=1).max()
+    cortex_mm = np.broadcast_to(np.asarray(cortex_mm, float), sdf.shape)
     far = np.abs(sdf + 0.5 * cortex_mm) > 0.5 * cortex_mm + step
     f_bone = (sdf <= 0).astype(float)
     f_inner = (sdf <= -cortex_mm).astype(float)
@@ -211,7 +213,7 @@ def partial_volume(sdf_fn, sdf, pts, axes_mm, cortex_mm: float, eps: float = 0.0
         w = np.maximum(np.linalg.norm(grad @ axes_mm.T, axis=1), 1e-6)
         sd = sdf[band]
         f_bone[band] = np.clip(0.5 - sd / w, 0.0, 1.0)
-        f_inner[band] = np.clip(0.5 - (sd + cortex_mm) / w, 0.0, 1.0)
+        f_inner[band] = np.clip(0.5 - (sd + cortex_mm[band]) / w, 0.0, 1.0)
     return f_bone, f_inner
 
 
@@ -236,7 +238,12 @@ def vertebra_fields(an: Anatomy, state: BoneState, pts, axes_mm):
     x, y, z = pts.T
     parts = vertebra_parts(an, x, y, z)
     sdf = np.minimum.reduce(list(parts.values()))
-    f_bone, f_inner = partial_volume(lambda *p: bone_sdf(an, *p), sdf, pts, axes_mm, an.cortex_mm)
+    cortex = an.cortex_mm
+    if an.pedicle_cortex_mm is not None:
+        in_pedicle = (np.minimum(parts["pedicle_left"], parts["pedicle_right"])
+                      < np.minimum(parts["body"], parts["posterior"]))
+        cortex = np.where(in_pedicle, an.pedicle_cortex_mm, an.cortex_mm)
+    f_bone, f_inner = partial_volume(lambda *p: bone_sdf(an, *p), sdf, pts, axes_mm, cortex)
     inner = np.where(parts["body"] <= 0, state.trabecular * trabecular_pattern(an, x, y, z),
                      an.posterior_ratio * state.trabecular)
     bmd = (f_bone - f_inner) * state.cortical + f_inner * inner
@@ -332,6 +339,7 @@ def draw_anatomy(rng: np.random.Generator) -> Anatomy:
         disc_h=float(np.clip(rng.normal(9.0, 1.5), 5.0, 12.0)),
         endplate_concavity_mm=float(rng.uniform(0.3, 2.5)),
         cortex_mm=float(rng.uniform(0.7, 1.4)),
+        pedicle_cortex_mm=float(rng.uniform(0.6, 1.8)),
         pedicle_half_w=float(np.clip(rng.normal(4.5, 0.6), 3.5, 6.0)),
         pedicle_half_h=float(np.clip(rng.normal(7.0, 0.7), 5.5, 8.5)),
         pedicle_angle_deg=float(np.clip(rng.normal(12.0, 3.0), 5.0, 19.0)),
