@@ -239,6 +239,8 @@ def test_demo_takes_any_cohort_generator(tmp_path):
     assert res["n_scans"] == 12 and len(res["rows"]) == 12
     html = (tmp_path / "report.html").read_text()
     assert "Synthetic cohort" in html and "Demo settings" in html and "tet4" in html
+    assert "Found in this synthetic cohort: month 0 (n=4): r(pullout, screw vBMD) = " in html
+    assert "r(pullout, DXA aBMD) = " in html and "FREEDOM mean +7.8 %" in html
     assert (tmp_path / "inputs" / "Q3_m24" / "ct.nii").exists()
     # a second run reuses the images and every result
     again = run_demo(tmp_path, n_patients=4, backend="local", cohort=_cohort,

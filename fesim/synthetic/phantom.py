@@ -400,7 +400,8 @@ def dicom_grid(vol: Volume) -> Volume:
 
 
 def write_phantom(phantom: Phantom, out_dir, compressed: str | None = None,
-                  write_labels: bool = True, shuffle_names: bool = False) -> Path:
+                  write_labels: bool = True, shuffle_names: bool = False,
+                  patient: dict | None = None) -> Path:
     """Write the phantom as a CT DICOM series plus ground truth.
 
     Parameters
@@ -414,6 +415,9 @@ def write_phantom(phantom: Phantom, out_dir, compressed: str | None = None,
     write_labels : bool
     shuffle_names : bool
         Random file names, unrelated to the slice order.
+    patient : dict, optional
+        DICOM patient attributes replacing the defaults (e.g. one ``PatientID`` for all
+        visits of a synthetic patient).
 
     Returns
     -------
@@ -435,7 +439,7 @@ def write_phantom(phantom: Phantom, out_dir, compressed: str | None = None,
     write_dicom_series(
         phantom.hu, out / "dicom", compressed=compressed, shuffle_names=shuffle_names, seed=seed,
         patient={"PatientName": "SYNTH^JANE", "PatientID": f"SYN-{seed}",
-                 "PatientBirthDate": "19480312", "PatientSex": "F"},
+                 "PatientBirthDate": "19480312", "PatientSex": "F", **(patient or {})},
         series_description="fesim synthetic L4 QCT phantom",
         uid_key=json.dumps(jsonable(asdict(phantom.spec)), sort_keys=True),
     )
