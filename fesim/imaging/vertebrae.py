@@ -17,8 +17,12 @@ Classical and dependency-light (numpy/scipy). Steps of :func:`identify_vertebrae
 5. Levels: each segment between discs seeds its body core and its pedicle region (18-36 mm
    behind the body's axis, 6-24 mm to each side); a watershed on the inverted intensity
    grows the seeds through the bone, so the cuts fall in the dark gaps (discs, facet
-   joints) and the caudally sloping arch stays with its own body. The rim voxels below
-   150 HU (unsmoothed) are trimmed: mostly soft tissue by partial volume.
+   joints) and the caudally sloping arch stays with its own body. The posterior elements
+   (bone more than 15 mm behind the body's axis, within 35 mm of the midline) are then
+   reassigned to the level of the nearest pedicle seed along the bone, dark voxels costing
+   more: at 3 mm the facet joint space blurs into bright bone, and the watershed alone cut
+   at the darker pars instead, giving a level its neighbour's articular process. The rim voxels below 150 HU
+   (unsmoothed) are trimmed: mostly soft tissue by partial volume.
 6. Counting: the lowest segment is the sacrum when it continues without a disc for more
    than 45 mm or is wider than 110 mm (alae, ilia), and is not cut by the image border.
    T12 is the lowest segment whose bone (or a small separate bone touching it: a rib)
