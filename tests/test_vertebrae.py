@@ -164,9 +164,10 @@ def test_cli_seed_point_flag():
 @pytest.mark.slow
 def test_real_l4_strengths_without_labels_match_the_label_map(tmp_path):
     """fesim run at L4 without labels against the label map (coarse: 3 mm mesh, screening,
-    one screw). Compression within 5 %; pullout within 20 % only: the automatic mask carries
-    parts of the neighbours' articular processes beside the pedicles, which moves the
-    planned screw (docs/identification.md)."""
+    one screw; about 10 min). Compression within 5 %. Pullout within 12 % only (measured
+    +9.0 %): the automatic mask no longer carries the neighbours' articular processes, but
+    the planned screw still converges 3 degrees less medially than the label map's and runs
+    through denser bone (docs/identification.md); the issue asks for 5 %."""
     from conftest import real_data_dir
     from fesim.pipeline import run_scan
 
@@ -178,4 +179,4 @@ def test_real_l4_strengths_without_labels_match_the_label_map(tmp_path):
     rel = {k: auto[k] / ref[k] - 1.0 for k in ("compression_strength_N", "pullout_strength_N")}
     print({k: f"{v:+.1%}" for k, v in rel.items()})
     assert abs(rel["compression_strength_N"]) <= 0.05
-    assert abs(rel["pullout_strength_N"]) <= 0.20
+    assert abs(rel["pullout_strength_N"]) <= 0.12
