@@ -44,6 +44,29 @@ def test_real_lumbar_levels_identified(real):
     print(f"identify_vertebrae: {dt:.1f} s")
 
 
+def test_real_l4_without_neighbours_articular_processes_and_same_screw(real):
+    """The cause of the pullout gap of the automatic L4 (docs/identification.md): L3's and
+    L5's articular processes in its mask (193 voxels at commit 5c6aab3) moved the planned
+    screw 5.8 degrees from the label map's plan."""
+    from fesim.imaging.segmentation import subregions
+    from fesim.pipeline import plan
+
+    ct, lab = real
+    auto = vt.isolate_level(ct, "L4")
+    neighbours = int(np.count_nonzero((auto.data > 0) & np.isin(lab.data, [TOTALSEG["L3"], TOTALSEG["L5"]])))
+    assert neighbours <= 120, neighbours
+    opts = RunOptions(level="L4", screws="left")
+    ref = mask_from_labels(lab, [TOTALSEG["L4"]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a, b = (plan(m, subregions(m), opts)[0] for m in (auto, ref))
+    cos = float(np.dot(a.direction, b.direction) / np.linalg.norm(a.direction) / np.linalg.norm(b.direction))
+    angle = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+    print(f"L3/L5 voxels in the automatic L4: {neighbours}; screw {angle:.1f} deg from the label map's")
+    assert angle <= 4.0
+    assert np.linalg.norm(a.entry - b.entry) <= 3.0
+
+
 def _crop(v, k0, k1):
     return Volume(v.data[:, :, k0:k1].copy(), v.spacing, v.index_to_world(np.array([0, 0, k0])),
                   v.direction, dict(v.meta))
@@ -141,9 +164,10 @@ def test_cli_seed_point_flag():
 @pytest.mark.slow
 def test_real_l4_strengths_without_labels_match_the_label_map(tmp_path):
     """fesim run at L4 without labels against the label map (coarse: 3 mm mesh, screening,
-    one screw). Compression within 5 %; pullout within 20 % only: the automatic mask carries
-    parts of the neighbours' articular processes beside the pedicles, which moves the
-    planned screw (docs/identification.md)."""
+    one screw; about 10 min). Compression within 5 %. Pullout within 12 % only (measured
+    +9.0 %): the automatic mask no longer carries the neighbours' articular processes, but
+    the planned screw still converges 3 degrees less medially than the label map's and runs
+    through denser bone (docs/identification.md); the issue asks for 5 %."""
     from conftest import real_data_dir
     from fesim.pipeline import run_scan
 
@@ -155,4 +179,4 @@ def test_real_l4_strengths_without_labels_match_the_label_map(tmp_path):
     rel = {k: auto[k] / ref[k] - 1.0 for k in ("compression_strength_N", "pullout_strength_N")}
     print({k: f"{v:+.1%}" for k, v in rel.items()})
     assert abs(rel["compression_strength_N"]) <= 0.05
-    assert abs(rel["pullout_strength_N"]) <= 0.20
+    assert abs(rel["pullout_strength_N"]) <= 0.12
