@@ -13,11 +13,10 @@ solves and CG iterations used, wall time, ratio to one linear solve, strength an
 (the ``standard`` preset up to commit a5d6f08) and prints the change of each peak.
 """
 
-import json
-
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 

@@ -247,7 +247,7 @@ class StrengthSettings:
     max_step_fraction: float | None = None
     min_step_fraction: float | None = None
     step_growth: float = 1.0
-    extrapolate: bool = True
+    extrapolate: bool = False
     max_iter: int = 10
     tol_changed: float = 2e-3
     tol_force: float = 5e-3
@@ -398,10 +398,12 @@ def run_strength(mesh: TetMesh, E0: np.ndarray, nu: np.ndarray, case: LoadCase,
         running = factor
         for it in range(st.max_iter + 1):
             new = np.minimum(running, fm.secant_factor(delta * r_try))
+            # predicted relative force change (module docstring): from the moduli last solved
+            # for, except at a step's plain start, from those of the last step (the force
+            # changes below tolerance that it accepted unsolved are not counted again)
+            rel = new / (running if it == 0 and not extrap else f_sol) - 1.0
             if not (extrap and it == 0):  # an extrapolated trial commits no damage
                 running = new
-            # predicted relative force change from the moduli last solved for (module docstring)
-            rel = new / f_sol - 1.0
             dF = float((rel * w_unit).sum() / max(w_unit.sum(), 1e-300))
             frac = vol[bone & (np.abs(rel) > st.tol_modulus)].sum() / vol_bone
             if abs(dF) <= st.tol_force and frac <= st.tol_changed:
