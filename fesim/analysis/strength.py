@@ -227,6 +227,8 @@ class StrengthSettings:
         most one solve
     extrapolate : start rising steps from the failure measure extrapolated linearly from the
         last two steps (module docstring); the trial commits no damage
+    stop_early : stop at the first solve that proves the force ``stop_drop`` below the peak
+        (module docstring) instead of iterating that step to convergence
     max_iter : secant solves per step at most
     tol_changed : a step is converged when less than this fraction of the bone volume would
         change its modulus by more than ``tol_modulus``...
@@ -248,6 +250,7 @@ class StrengthSettings:
     min_step_fraction: float | None = None
     step_growth: float = 1.0
     extrapolate: bool = False
+    stop_early: bool = True
     max_iter: int = 10
     tol_changed: float = 2e-3
     tol_force: float = 5e-3
@@ -414,7 +417,8 @@ def run_strength(mesh: TetMesh, E0: np.ndarray, nu: np.ndarray, case: LoadCase,
             sol = solve_unit(new)
             u_unit, F_unit, r_unit, w_unit, f_sol = sol
             r_try = r_unit
-            if not (extrap and it == 0) and delta * F_unit < (1.0 - st.stop_drop) * peak[1]:
+            if (st.stop_early and not (extrap and it == 0)
+                    and delta * F_unit < (1.0 - st.stop_drop) * peak[1]):
                 # Damage only grows while this step iterates and the force falls with every
                 # modulus, so this force bounds the step's converged one from above: the
                 # curve has fallen stop_drop below its peak whatever the further iterations.
