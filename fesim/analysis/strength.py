@@ -36,27 +36,27 @@ Solution strategy
 
     Fewer solves per analysis (settings in :class:`StrengthSettings`):
 
-    * *extrapolated start* (``extrapolate``): while the curve rises steadily, a step starts
-      from the failure measure extrapolated linearly from the last two steps, not from the
-      last solution; that trial commits no damage (the running minimum that keeps damage
-      irreversible starts after its solve), so an overshoot heals. Most rising steps then
-      converge after one solve instead of two or three. Near the peak (a step that needed
-      more than three solves, did not converge or lowered the force) steps start from the
-      last solution again.
-    * *early stop past the peak*: within a step that starts from the last solution, damage
-      only grows and the force falls with every modulus, so each solved force bounds the
-      step's converged force from above; once it is ``stop_drop`` below the peak the curve
-      has passed its peak and the remaining iterations are skipped. This changes no peak.
-    * *adaptive increments* (``max_step_fraction``, ``step_growth``, ``min_step_fraction``):
-      the increment grows after steps converged with at most one solve and halves after
-      hard steps; a coarse step past the peak returns to the step before the peak and
-      approaches it again with the smallest increment. Off by default: on the phantom it
-      saved no solves over extrapolation (``benchmarks/RESULTS.md``).
+    * *early stop past the peak* (``stop_early``, default): within a step that starts from
+      the last solution, damage only grows and the force falls with every modulus, so each
+      solved force bounds the step's converged force from above; once one is ``stop_drop``
+      below the peak the curve has passed its peak, and the remaining iterations of that
+      step (often all ``max_iter`` of them: the secant iteration converges slowly past a
+      limit point) are skipped. The curve up to the peak, and so the peak, are those of
+      iterating the step to convergence; only the last point and the failed volume differ.
+    * *extrapolated start* (``extrapolate``, off): while the curve rises steadily, a step
+      starts from the failure measure extrapolated linearly from the last two steps; that
+      trial commits no damage (the running minimum that keeps damage irreversible starts
+      after its solve). It saved no solves on the phantom compression and moved its peak
+      by -1.4 % (``benchmarks/RESULTS.md``).
+    * *adaptive increments* (``max_step_fraction``, ``step_growth``, ``min_step_fraction``,
+      off): the increment grows after steps converged with at most one solve and halves
+      after hard steps; a coarse step past the peak returns to the step before the peak and
+      approaches it again with the smallest increment. Fewer steps, not fewer solves.
 
     Two presets (:data:`ACCURACY`): ``standard`` (default: increments of 0.1 x the
-    surrogate's failure displacement, extrapolated start, up to 10 solves per step, 0.2 %
-    volume / 0.5 % force) and ``screening`` (0.2 x, 3 solves, 1 % / 2 %: about 3x fewer
-    solves; on the phantom pullout it overestimated the peak by ~8 %).
+    surrogate's failure displacement, up to 10 solves per step, 0.2 % volume / 0.5 % force)
+    and ``screening`` (0.2 x, 3 solves, 1 % / 2 %: about 3x fewer solves; on the phantom
+    pullout it overestimated the peak by ~8 %).
 
 The fast linear surrogate is the load at which ``surrogate_fraction`` (2 %) of the bone volume
 exceeds its yield strain, from the first (elastic) solve: ``F = K * delta_q``.
