@@ -417,11 +417,11 @@ def run_strength(mesh: TetMesh, E0: np.ndarray, nu: np.ndarray, case: LoadCase,
             sol = solve_unit(new)
             u_unit, F_unit, r_unit, w_unit, f_sol = sol
             r_try = r_unit
-            if (st.stop_early and not (extrap and it == 0)
-                    and delta * F_unit < (1.0 - st.stop_drop) * peak[1]):
-                # Damage only grows while this step iterates and the force falls with every
-                # modulus, so this force bounds the step's converged one from above: the
-                # curve has fallen stop_drop below its peak whatever the further iterations.
+            if st.stop_early and not extrap and delta * F_unit < (1.0 - st.stop_drop) * peak[1]:
+                # Damage only grows while this step iterates from the last step's moduli and
+                # the force falls with every modulus, so this force bounds the step's
+                # converged one from above: the curve has fallen stop_drop below its peak
+                # whatever the further iterations. (An extrapolated trial may overshoot.)
                 dF, beyond = 0.0, True
                 break
         step_solves = n_solves - solves0
@@ -449,7 +449,8 @@ def run_strength(mesh: TetMesh, E0: np.ndarray, nu: np.ndarray, case: LoadCase,
                 # past the peak with coarse steps: return to the step before the peak and
                 # approach it again with the finest increment
                 s0 = states[i_peak - 1]
-                delta, h_prev, factor, rmax, sol, r_prev = s0.delta, s0.h, s0.factor.copy(), s0.rmax.copy(), s0.sol, s0.r_prev
+                delta, h_prev, sol, r_prev = s0.delta, s0.h, s0.sol, s0.r_prev
+                factor, rmax = s0.factor.copy(), s0.rmax.copy()
                 del curve_d[s0.n_curve:], curve_f[s0.n_curve:], snapshots[s0.n_snap:], states[i_peak:]
                 peak = (s0.delta, curve_f[-1], s0.delta * s0.sol[0], s0.factor.copy(), s0.delta * s0.sol[2])
                 h, refined, rising = h_min, True, False
