@@ -46,7 +46,7 @@ def main(argv=None):
         vals = [linear_stiffness(mesh, mat.E, mat.nu, pull), linear_stiffness(mesh, homog, mat.nu, pull),
                 linear_stiffness(mesh, mat.E, mat.nu, comp)]
         for case in (pull, comp):
-            vals.append(run_strength(mesh, mat.E, mat.nu, case, **ACCURACY[args.accuracy].settings).strength_N)
+            vals.append(run_strength(mesh, mat.E, mat.nu, case, settings=ACCURACY[args.accuracy].settings).strength_N)
         rows.append((h, 3 * mesh.n_nodes, vals, time.perf_counter() - t))
         print(f"  mesh {h:.2f} mm done: {3 * mesh.n_nodes} unknowns, {rows[-1][3]:.0f} s", flush=True)
     print(f"phantom L4, tet{4 if args.order == 1 else 10}, accuracy {args.accuracy}; stiffness N/mm, strength N")

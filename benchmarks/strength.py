@@ -2,16 +2,21 @@
 
     python benchmarks/strength.py [--mesh-size 2.0] [--screw-mesh-size 1.0] [--order 2]
                                   [--accuracy standard|screening] [--correction-rtol 0.5]
+                                  [--set NAME=VALUE ...] [--reference]
 
 Builds the phantom L4 (osteoporotic, density scale 0.65) with planned screws at the given
 mesh sizes, times one complete linear solve (pattern, assembly, solver set-up, solve) of each
 load case, then the whole secant strength analysis of each, and prints one table: linear
-solves used, wall time, ratio to one linear solve, strength and surrogate.
+solves and CG iterations used, wall time, ratio to one linear solve, strength and surrogate.
+``--set`` changes single :class:`~fesim.analysis.strength.StrengthSettings` (e.g.
+``--set extrapolate=False``); ``--reference`` also runs fixed steps without extrapolation
+(the ``standard`` preset up to commit a5d6f08) and prints the change of each peak.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 
@@ -52,12 +57,19 @@ def main(argv=None):
     ap.add_argument("--solver", default="auto")
     ap.add_argument("--correction-rtol", type=float, default=None,
                     help="residual reduction of the warm-started secant solves (default: run_strength's)")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="one strength setting (value as JSON: 0.2, true, ...)")
+    ap.add_argument("--reference", action="store_true",
+                    help="also run fixed 0.1 steps without extrapolation and print the peak change")
     args = ap.parse_args(argv)
+    changes = {k: json.loads(v) for k, v in (a.split("=", 1) for a in args.set)}
+    settings = ACCURACY[args.accuracy].settings.replace(solver=args.solver, **changes)
     mesh, mat, cases = build(args.mesh_size, args.screw_mesh_size, args.order)
     print(f"phantom L4, {mesh.n_elements} elements, {3 * mesh.n_nodes} unknowns, tet{4 if args.order == 1 else 10}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    head = f"{'case':<15}{'linear s':>10}{'nonlinear s':>13}{'ratio':>8}{'solves':>8}{'steps':>7}{'conv':>6}" \
-           f"{'strength N':>12}{'surrogate N':>13}"
+    head = f"{'case':<15}{'linear s':>10}{'nonlinear s':>13}{'ratio':>8}{'solves':>8}{'CG it':>7}{'steps':>7}" \
+           f"{'conv':>6}{'strength N':>12}{'surrogate N':>13}" + (f"{'ref solves':>11}{'ref N':>9}{'change':>8}"
+                                                                 if args.reference else "")
     print(head)
     print("-" * len(head))
     tot_lin = tot_nl = 0.0
@@ -69,12 +81,18 @@ def main(argv=None):
         t_lin = time.perf_counter() - t
         t = time.perf_counter()
         extra = {} if args.correction_rtol is None else {"correction_rtol": args.correction_rtol}
-        r = run_strength(mesh, mat.E, mat.nu, case, solver=args.solver, assembler=Assembler(mesh.points, mesh.cells),
-                         **ACCURACY[args.accuracy].settings, **extra)
+        r = run_strength(mesh, mat.E, mat.nu, case, settings, assembler=Assembler(mesh.points, mesh.cells),
+                         **extra)
         t_nl = time.perf_counter() - t
         tot_lin, tot_nl = tot_lin + t_lin, tot_nl + t_nl
-        print(f"{case.name:<15}{t_lin:>10.2f}{t_nl:>13.2f}{t_nl / t_lin:>8.1f}{r.n_solves:>8}{r.n_steps:>7}"
-              f"{r.converged_steps:>6}{r.strength_N:>12.0f}{r.surrogate_strength_N:>13.0f}")
+        ref = ""
+        if args.reference:
+            fixed = settings.replace(step_fraction=0.1, min_step_fraction=None, max_step_fraction=None,
+                                     extrapolate=False)
+            r0 = run_strength(mesh, mat.E, mat.nu, case, fixed, assembler=Assembler(mesh.points, mesh.cells), **extra)
+            ref = f"{r0.n_solves:>11}{r0.strength_N:>9.1f}{100 * (r.strength_N / r0.strength_N - 1):>7.2f}%"
+        print(f"{case.name:<15}{t_lin:>10.2f}{t_nl:>13.2f}{t_nl / t_lin:>8.1f}{r.n_solves:>8}{r.cg_iterations:>7}"
+              f"{r.n_steps:>7}{r.converged_steps:>6}{r.strength_N:>12.1f}{r.surrogate_strength_N:>13.0f}{ref}")
     n_lin = tot_lin / len(cases)
     print(f"all {len(cases)} analyses: {tot_nl:.1f} s = {tot_nl / n_lin:.1f} x one linear solve "
           f"(compression + one pullout: {(tot_nl / len(cases) * 2) / n_lin:.1f} x, averaged)")

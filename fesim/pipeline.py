@@ -541,10 +541,11 @@ def _analyse(mesh, mat, case, bframe, protocol, opts: RunOptions, steps: int, as
     from .analysis.protocols import axial_compression_case, body_frame_rotation, can_fail, to_body_frame
     from .analysis.strength import ACCURACY, FailureModel, run_strength
 
-    kwargs = dict(solver=opts.solver, max_steps=steps, snapshot_every=3 if opts.write_vtk else 0,
-                  **ACCURACY[opts.strength_accuracy].settings)
+    settings = ACCURACY[opts.strength_accuracy].settings.replace(
+        solver=opts.solver, max_steps=steps, snapshot_every=3 if opts.write_vtk else 0)
+    kwargs = dict(settings=settings)
     if progress is not None:  # the peak lies near 1 / step_fraction steps; a few more to pass it
-        expected = int(np.ceil(1.4 / ACCURACY[opts.strength_accuracy].settings["step_fraction"]))
+        expected = int(np.ceil(1.4 / settings.step_fraction))
         kwargs["progress"] = progress.step_callback(case.name, expected)
     if protocol.material_yield:
         fails = can_fail(mesh)
