@@ -96,7 +96,7 @@ def _as_dict(obj) -> dict:
             if f.metadata and getattr(obj, f.name) is not UNSET}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class AnalysisResult:
     """One load case's outcome in ``result.json`` (``analyses.<case>``)."""
 
@@ -117,6 +117,7 @@ class AnalysisResult:
     passed_peak: bool = key("", "the curve was traced past its peak", "bool")
     timings_s: dict = key("s", "wall time per part of the analysis and solver statistics", "dict")
     criterion: str = key("", "how the strength is defined (failure model)", "str")
+    cg_iterations: int = key("", "CG iterations of all solves (a direct solve counts 1)", "int", optional=True)
     strength_criterion: str = key("", "the same as criterion (the key the scan's result uses)", "str")
     boundary_conditions: dict = key("", "audit of the supported and driven node sets (n_nodes, area_mm2, "
                                         "axial extent, tilt; docs/supports.md)", "dict")

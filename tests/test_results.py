@@ -40,7 +40,7 @@ def analysis(**over) -> dict:
     d = {"name": "compression", "stiffness_N_per_mm": 2e4, "strength_N": 4e3, "displacement_at_peak_mm": 0.3,
          "surrogate_strength_N": 3.5e3, "curve_displacement_mm": [0.0, 0.1], "curve_force_N": [0.0, 2e3],
          "yielded_volume_mm3": 100.0, "failed_volume_mm3": 10.0, "n_solves": 12, "n_steps": 1,
-         "converged_steps": 1, "passed_peak": False, "timings_s": {"total": 1.0}, "criterion": "c",
+         "converged_steps": 1, "passed_peak": False, "timings_s": {"total": 1.0}, "criterion": "c", "cg_iterations": 7,
          "strength_criterion": "c", "boundary_conditions": {"fixed": {"n_nodes": 40}}}
     d.update(over)
     return d

@@ -23,6 +23,7 @@ import math
 import time
 from pathlib import Path
 
+from ..results import KEYS
 from .manifest import Study
 from .runner import run_study
 from ..synthetic.cohort import (SCAN_RODS_MG_CM3, SIMULATION_NOTE, mean_dxa_gain_percent,
@@ -122,11 +123,11 @@ def demo_findings(rows) -> str:
     """What the demo found: per visit, r(pullout, screw vBMD) and r(pullout, DXA aBMD) with
     95 % CIs, the largest correlation among the BMD measures, and the mean DXA aBMD change."""
     from .stats import change_from_baseline, correlation
-    from .tables import BMD_MEASURES, POS, primary_rows
+    from .tables import BMD_MEASURES, DXA_ABMD, POS, primary_rows
 
     rows = primary_rows(rows)
     months = sorted({int(r["month"]) for r in rows})
-    measures = [m for m in (*BMD_MEASURES, "vbmd_integral_mg_cm3")
+    measures = [m for m in (*BMD_MEASURES, KEYS.vbmd_integral_mg_cm3)
                 if any(r.get(m) not in (None, "") for r in rows)]
     parts = []
     base = {r["patient"]: r for r in rows if int(r["month"]) == months[0]} if months else {}
@@ -134,7 +135,7 @@ def demo_findings(rows) -> str:
         mr = [r for r in rows if int(r["month"]) == m]
         col = lambda k: [r.get(k) for r in mr]  # noqa: E731
         txt = [f"month {m} (n={len(mr)}):"]
-        for x, name in (("vbmd_screw_mg_cm3", "screw vBMD"), ("dxa_abmd_g_cm2", "DXA aBMD")):
+        for x, name in ((KEYS.vbmd_screw_mg_cm3, "screw vBMD"), (DXA_ABMD, "DXA aBMD")):
             c = correlation(col(x), col(POS))
             if math.isfinite(c.r) and math.isfinite(c.ci_low):
                 txt.append(f"r(pullout, {name}) = {c.r:.2f} [{c.ci_low:.2f}, {c.ci_high:.2f}]")
