@@ -116,6 +116,8 @@ class RunOptions:
 
 
 class _Timer:
+    """Wall time per stage; a stage entered in several parts is timed in sum and announced once."""
+
     def __init__(self, progress=None):
         self.t = {}
         self.progress = progress
@@ -125,7 +127,7 @@ class _Timer:
 
         class _Ctx:
             def __enter__(self):
-                if timer.progress is not None:
+                if timer.progress is not None and name not in timer.t:
                     timer.progress.stage(name)
                 self.t0 = time.perf_counter()
 

@@ -61,3 +61,16 @@ def check_budget(n_bytes: float, what: str, hint: str = "") -> None:
         more = f"; {hint}" if hint else ""
         raise ResourceError(f"{what} would need about {n_bytes / 1e9:.3g} GB of memory, more than the "
                             f"{budget / 1e9:.3g} GB available{more}")
+
+
+def process_pool(max_workers: int):
+    """A ``ProcessPoolExecutor`` whose workers are started fresh (``spawn``), not forked.
+
+    The compiled kernels (:mod:`fesim.fem.kernels`) may run on an OpenMP thread pool, and a
+    process that has used GNU OpenMP cannot safely fork: its forked children abort at their
+    first parallel region. Spawned workers import fesim anew and own their thread pools.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=max_workers, mp_context=multiprocessing.get_context("spawn"))

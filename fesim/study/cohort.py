@@ -363,9 +363,11 @@ def _execute(todo, run_one, out_dir: Path, options, backend, n_workers, schedule
             yield from failed
         return
     if backend == "processes":
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+        from concurrent.futures import FIRST_COMPLETED, wait
 
-        with ProcessPoolExecutor(max_workers=n_workers) as pool:
+        from ..resources import process_pool
+
+        with process_pool(n_workers) as pool:
             futs = {pool.submit(*task(s)): s for s in first}
             while futs:
                 done, _ = wait(futs, return_when=FIRST_COMPLETED)

@@ -103,9 +103,11 @@ def write_demo_inputs(out: Path, n_patients: int = 21, months=(0, 12, 24), seed:
     bar = Progress(len(specs), "demo inputs", "series", enabled=progress)
     scans = [None] * len(specs)
     if n_workers and n_workers > 1 and len(specs) > 1:
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures import as_completed
 
-        with ProcessPoolExecutor(max_workers=n_workers) as pool:
+        from ..resources import process_pool
+
+        with process_pool(n_workers) as pool:
             futs = {pool.submit(_prepare, s, f, spacing_mm): i
                     for i, (s, f) in enumerate(zip(specs, folders))}
             for fut in as_completed(futs):
