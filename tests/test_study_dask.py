@@ -79,6 +79,9 @@ def test_fesim_study_cli_on_real_scans_through_the_cluster(tmp_path, dask_cluste
     cfg = json.loads((tmp_path / "out" / "study.json").read_text())
     assert cfg["backend"] == "dask" and cfg["scheduler"] == dask_cluster
     assert (tmp_path / "out" / "report.html").stat().st_size > 10000
+    # the workers run in their own working directories: the scans' files must still land in
+    # the study's folder (a follow-up reads its baseline's files from there)
+    assert len(list((tmp_path / "out" / "scans").glob("*/result.json"))) == 3
 
 
 def test_local_cluster_workers_keep_the_default_malloc_trim(tmp_path):

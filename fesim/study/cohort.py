@@ -510,7 +510,8 @@ def run_cohort(scans, out_dir, run_one=None, backend: str = "local", n_workers: 
     if mode not in ("off", "plan", "mesh"):
         raise InputError(f"longitudinal must be off, plan or mesh, not {mode!r}")
     run_one = run_one or _default_run_one()
-    out_dir = Path(out_dir)
+    # absolute: workers of a dask scheduler run in their own working directories
+    out_dir = Path(out_dir).resolve()
     scans, follow = longitudinal_links(scans, mode, out_dir, baseline_month)
     (out_dir / "scans").mkdir(parents=True, exist_ok=True)
     for stale in (out_dir / "scans").glob(_STAGING + "*"):  # left by a killed run
