@@ -30,7 +30,7 @@ from ..synthetic.cohort import (SCAN_RODS_MG_CM3, SIMULATION_NOTE, mean_dxa_gain
 
 log = logging.getLogger(__name__)
 
-#: Demo settings, chosen so that 70 scans finish in under 10 minutes on 2 cores: tet4 elements,
+#: Demo settings (70 scans estimated at about 9.5 minutes on 2 idle cores, docs/study.md): tet4 elements,
 #: 3 mm bulk / 1.5 mm screw-interface size, 'screening' secant accuracy (peaks ~5-10 % high),
 #: no VTU files (``fesim demo --vtk`` writes them, and the per-patient ParaView series),
 #: images of 1.0 x 1.0 x 1.5 mm voxels. Screening-grade numbers, not converged ones.
@@ -42,7 +42,8 @@ DEMO_SPACING_MM = (1.0, 1.0, 1.5)
 #: patient's baseline, analysed with the baseline's screws and mesh and its own densities),
 #: the mode ``tests/test_longitudinal.py`` verifies; set explicitly, not left to the default.
 DEMO_LONGITUDINAL = "mesh"
-DEMO_NOTE = ("Demo settings (chosen to run 70 scans in <= 10 minutes on 2 cores): tet4 elements, "
+DEMO_NOTE = ("Demo settings (chosen to run 70 scans in about 10 minutes on 2 cores; follow-ups "
+             "add a registration to their baseline): tet4 elements, "
              "3 mm bulk and 1.5 mm screw-interface element size, 'screening' secant accuracy, no "
              "VTU output, synthetic images of 1.0 x 1.0 x 1.5 mm voxels. These are screening-grade "
              "settings: tet4 is stiffer than the converged tet10 default and screening peaks run "
