@@ -241,6 +241,7 @@ def test_demo_takes_any_cohort_generator(tmp_path):
     assert "Synthetic cohort" in html and "Demo settings" in html and "tet4" in html
     assert "Found in this synthetic cohort: month 0 (n=4): r(pullout, screw vBMD) = " in html
     assert "r(pullout, DXA aBMD) = " in html and "FREEDOM mean +7.8 %" in html
+    assert "Longitudinal consistency &#x27;mesh&#x27;" in html      # the demo's mode, stated
     assert (tmp_path / "inputs" / "Q3_m24" / "ct.nii").exists()
     # a second run reuses the images and every result
     again = run_demo(tmp_path, n_patients=4, backend="local", cohort=_cohort,

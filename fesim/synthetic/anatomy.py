@@ -8,10 +8,12 @@ shape of the default phantom; :func:`draw_anatomy` draws one patient.
 
 What varies between patients (the numbers are assumptions, listed in ``docs/study.md``):
 body width, depth and height; endplate concavity; cortical thickness; pedicle width, height
-and angle; size of the posterior elements; the spatial pattern of trabecular density
-(denser rim under the endplates, anterior and central loss, posterior-element density);
-subcutaneous and abdominal fat; osteophytes at the body's rim (bone, part of the vertebra);
-calcified plaques in the aortic wall (mineral outside the vertebra).
+and angle; size and cortex of the posterior elements, facet-joint (articular process)
+hypertrophy; the spatial pattern of trabecular density (denser rim under the endplates,
+anterior and central loss, posterior-element density); subcutaneous and visceral fat;
+osteophytes at the body's rim (bone, part of the vertebra); calcified plaques in the aortic
+wall (mineral outside the vertebra). The DXA-only sources (posterior elements, facets,
+calcification, fat) are drawn independently of the body's density, as in elderly women.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ class Anatomy:
     endplate_concavity_mm: float = 0.0    # central depth of each endplate's dip
     cortex_mm: float = 1.0                # shell of the body and the posterior elements
     pedicle_cortex_mm: float | None = None  # pedicle wall (None: cortex_mm)
+    posterior_cortex_mm: float | None = None  # laminae, processes, facets (None: cortex_mm)
     pedicle_half_w: float = 4.5
     pedicle_half_h: float = 7.0
     pedicle_angle_deg: float = 12.0       # medial convergence, posterior -> anterior
@@ -82,6 +85,7 @@ class Anatomy:
     posterior_radius: float = 3.0         # lamina, transverse and spinous process thickness / 2
     spinous_len: float = 10.0
     transverse_span: float = 38.0         # tip of the transverse process from the midline
+    facet_radius_mm: float = 0.0          # articular processes (0: none); > 3 mm hypertrophic
     rim_gain: float = 0.15
     rim_mm: float = 3.0
     ap_gradient: float = 0.12
@@ -90,6 +94,7 @@ class Anatomy:
     posterior_ratio: float = 1.2
     subcutaneous_fat_mm: float = 8.0
     abdominal_fat_mm: float = 9.0         # radius of the fat pocket anterior to the spine
+    abdominal_fat_x_mm: float = -25.0     # its centre's medio-lateral position
     girth_scale: float = 1.0              # skin ellipse relative to 160 x 120 mm
     osteophytes: tuple = field(default_factory=tuple)
     plaques: tuple = field(default_factory=tuple)
@@ -135,6 +140,12 @@ def _osteophyte_sdf(an: Anatomy, o: Osteophyte, x, y, z):
     return (q - 1.0) * min(axes)
 
 
+def _capsule_z(x, y, z, xy, z0: float, z1: float, r: float):
+    """Signed distance (mm) to a vertical capsule of radius ``r`` from ``z0`` to ``z1``."""
+    dz = z - np.clip(z, z0, z1)
+    return np.sqrt((x - xy[0]) ** 2 + (y - xy[1]) ** 2 + dz ** 2) - r
+
+
 def vertebra_parts(an: Anatomy, x, y, z) -> dict:
     """Signed distances (mm, negative inside) of the L4 parts at patient points.
 
@@ -165,6 +176,13 @@ def vertebra_parts(an: Anatomy, x, y, z) -> dict:
         tip = (side * an.transverse_span, root[1] - 7.5)
         post.append(np.maximum(_segment_sdf_xy(x, y, root[:2] - (0, 3.0), tip, r),
                                _slab(z, -1.0 * hz, 7.0 * hz)))
+        if an.facet_radius_mm > 0:  # superior and inferior articular processes (facet joints)
+            # the superior process rises above the pedicle (clear of the screw's entry at the
+            # pedicle axis), the inferior one hangs from the lamina below it
+            rf, x0, y1 = an.facet_radius_mm, root[0], root[1]
+            top = start[2] + an.pedicle_half_h + rf
+            post.append(_capsule_z(x, y, z, (x0, y1 + 4.0), top, top + 8.0 * hz, rf))
+            post.append(_capsule_z(x, y, z, (0.7 * x0, y1 + 9.0), -17.0 * hz, -8.0 * hz, rf))
     start, axis = an.pedicle_frame(1)
     y0 = float(start[1] + an.pedicle_len * axis[1]) + 6.5  # spinous process behind the laminae
     post.append(np.maximum(_segment_sdf_xy(x, y, (0.0, y0), (0.0, y0 + an.spinous_len),
@@ -239,10 +257,14 @@ def vertebra_fields(an: Anatomy, state: BoneState, pts, axes_mm):
     parts = vertebra_parts(an, x, y, z)
     sdf = np.minimum.reduce(list(parts.values()))
     cortex = an.cortex_mm
-    if an.pedicle_cortex_mm is not None:
-        in_pedicle = (np.minimum(parts["pedicle_left"], parts["pedicle_right"])
-                      < np.minimum(parts["body"], parts["posterior"]))
-        cortex = np.where(in_pedicle, an.pedicle_cortex_mm, an.cortex_mm)
+    if an.pedicle_cortex_mm is not None or an.posterior_cortex_mm is not None:
+        ped = np.minimum(parts["pedicle_left"], parts["pedicle_right"])
+        # ties go to the body, then the posterior elements (as before the pedicle wall existed)
+        nearest = np.argmin(np.stack([parts["body"], parts["posterior"], ped]), axis=0)
+        shells = (an.cortex_mm,
+                  an.cortex_mm if an.posterior_cortex_mm is None else an.posterior_cortex_mm,
+                  an.cortex_mm if an.pedicle_cortex_mm is None else an.pedicle_cortex_mm)
+        cortex = np.choose(nearest, shells)
     f_bone, f_inner = partial_volume(lambda *p: bone_sdf(an, *p), sdf, pts, axes_mm, cortex)
     inner = np.where(parts["body"] <= 0, state.trabecular * trabecular_pattern(an, x, y, z),
                      an.posterior_ratio * state.trabecular)
@@ -305,7 +327,8 @@ def soft_tissue_hu(an: Anatomy, pts, table_pts=None) -> tuple:
     hu[skin <= -an.subcutaneous_fat_mm] = TISSUE_HU["muscle"]
     inside = skin <= -an.subcutaneous_fat_mm
     ac = an.aorta_center
-    hu[inside & (np.hypot(x + 25.0, y - ac[1] + 2.0) <= an.abdominal_fat_mm)] = TISSUE_HU["fat"]
+    pocket = np.hypot(x - an.abdominal_fat_x_mm, y - ac[1] + 2.0) <= an.abdominal_fat_mm
+    hu[inside & pocket] = TISSUE_HU["fat"]
     hu[np.hypot(x - ac[0], y - ac[1]) <= an.aorta_radius] = TISSUE_HU["blood"]
     cc = an.canal_center
     hu[_ellipse_sdf(x - cc[0], y - cc[1], 10.0, 7.0) <= 0] = TISSUE_HU["csf"]
@@ -324,11 +347,13 @@ def draw_anatomy(rng: np.random.Generator) -> Anatomy:
     a = 22.5 * size * rng.normal(1.0, 0.03)
     b = 17.5 * size * rng.normal(1.0, 0.03)
     h = 27.0 * float(np.clip(rng.normal(1.0, 0.06), 0.85, 1.15))
-    n_ost = int(rng.choice([0, 0, 1, 2, 3]))
+    # osteophytes: most osteoporotic elderly women have some at L4, a few large ones
+    n_ost = int(rng.choice([0, 1, 1, 2, 2, 3, 4]))
     osteo = tuple(Osteophyte(float(rng.uniform(-165.0, -15.0)), bool(rng.integers(2)),
-                             float(rng.uniform(2.0, 6.0)), float(rng.uniform(2.0, 4.0)),
-                             float(rng.uniform(6.0, 14.0))) for _ in range(n_ost))
-    severity = float(rng.choice([0.0, 0.0, 1.0, 2.0, 3.0, 5.0]))  # plaques, about 60 % with some
+                             float(rng.uniform(2.0, 8.0)), float(rng.uniform(2.0, 5.0)),
+                             float(rng.uniform(6.0, 16.0))) for _ in range(n_ost))
+    # aortic calcification: common in osteoporotic elderly women, about 80 % with some plaques
+    severity = float(rng.choice([0.0, 1.0, 2.0, 3.0, 5.0, 8.0]))
     n_pl = int(rng.poisson(severity)) if severity else 0
     plaques = tuple(Plaque(float(rng.uniform(-180.0, 20.0)), float(rng.uniform(-18.0, 18.0)),
                            float(rng.uniform(4.0, 14.0)), float(rng.uniform(3.0, 12.0)),
@@ -344,7 +369,7 @@ def draw_anatomy(rng: np.random.Generator) -> Anatomy:
         pedicle_half_h=float(np.clip(rng.normal(7.0, 0.7), 5.5, 8.5)),
         pedicle_angle_deg=float(np.clip(rng.normal(12.0, 3.0), 5.0, 19.0)),
         pedicle_len=float(20.0 * size),
-        posterior_radius=float(np.clip(rng.normal(3.0, 0.4), 2.2, 4.0)),
+        posterior_radius=float(np.clip(rng.normal(3.2, 0.5), 2.2, 4.5)),
         spinous_len=float(rng.uniform(8.0, 14.0)),
         transverse_span=float(38.0 * size * rng.normal(1.0, 0.05)),
         rim_gain=float(rng.uniform(0.05, 0.45)),
@@ -352,11 +377,21 @@ def draw_anatomy(rng: np.random.Generator) -> Anatomy:
         ap_gradient=float(rng.normal(0.12, 0.08)),
         anterior_loss=float(rng.uniform(0.0, 0.25)),
         central_loss=float(rng.uniform(0.0, 0.3)),
-        posterior_ratio=float(np.clip(rng.normal(1.25, 0.15), 1.0, 1.6)),
+        # posterior elements' trabecular density relative to the body's: varies widely and
+        # independently of the body's level (lognormal, CV ~30 %), never below the body's
+        posterior_ratio=float(np.clip(np.exp(rng.normal(np.log(1.3), 0.3)), 1.0, 2.4)),
         subcutaneous_fat_mm=float(rng.uniform(4.0, 25.0)),
-        abdominal_fat_mm=float(rng.uniform(5.0, 16.0)),
+        abdominal_fat_mm=float(rng.uniform(5.0, 22.0)),
         girth_scale=float(np.clip(rng.normal(1.0, 0.06), 0.9, 1.12)),
         osteophytes=osteo, plaques=plaques,
+        # posterior elements are mostly cortical bone, their shell independent of the body's
+        posterior_cortex_mm=float(rng.uniform(0.8, 1.6)),
+        # facet-joint degeneration grade 0-3 (hypertrophic articular processes), common in the
+        # elderly: grade g widens the articular processes by 20 % per grade
+        facet_radius_mm=float(3.2 * (1.0 + 0.2 * rng.choice([0, 1, 1, 2, 2, 3]))),
+        # visceral fat lies unevenly in front of the spine: where it sits decides how much of
+        # it the DXA beam crosses over L4 and beside it (the soft-tissue baseline)
+        abdominal_fat_x_mm=float(rng.uniform(-30.0, 10.0)),
     )
 
 

@@ -58,8 +58,9 @@ SCAN_RODS_MG_CM3 = (50.0, 100.0, 150.0, 200.0)
 SIMULATION_NOTE = (
     "Synthetic cohort (fesim.synthetic): every patient has its own L4 anatomy (body size and "
     "height, endplate concavity, cortical thickness, pedicle width and angle, posterior "
-    "elements), its own pattern of trabecular density (subendplate rim, anterior and central "
-    "loss, posterior-element density), osteophytes and aortic calcification, and its own "
+    "elements and their cortex, facet-joint degeneration), its own pattern of trabecular "
+    "density (subendplate rim, anterior and central loss, posterior-element density), "
+    "osteophytes, aortic calcification and visceral fat, and its own "
     "response to denosumab (assumed: trabecular level +9 / +12.5 % and cortical +3 / +4.5 % at "
     "12 / 24 months on average, responder factor SD 35 %). Each CT visit is scanned in a new "
     "pose (up to 15 degrees, 20 mm) with new noise; DXA aBMD is simulated from the same "
