@@ -367,13 +367,18 @@ def _landmarks() -> dict:
     return marks
 
 
+def calibration_truth(spec) -> dict:
+    """The true HU-BMD line of a phantom spec (``hu_per_mg``, ``hu_offset``), for truth files."""
+    return {"hu_per_mg": spec.hu_per_mg, "hu_offset": spec.hu_offset,
+            "equation": "HU = hu_offset + hu_per_mg * BMD (mg/cm^3 K2HPO4)"}
+
+
 def truth_dict(phantom: Phantom) -> dict:
     """JSON-ready ground truth: spec, true calibration, rods, landmarks and grid."""
     spec = phantom.spec
     return jsonable({
         "spec": asdict(spec),
-        "calibration": {"hu_per_mg": spec.hu_per_mg, "hu_offset": spec.hu_offset,
-                        "equation": "HU = hu_offset + hu_per_mg * BMD (mg/cm^3 K2HPO4)"},
+        "calibration": calibration_truth(spec),
         "rods": [asdict(r) for r in phantom.rods],
         "landmarks": phantom.landmarks,
         "grid": {"shape": phantom.hu.shape, "spacing_mm": phantom.hu.spacing,

@@ -30,7 +30,7 @@ from fesim.errors import InputError
 from fesim.imaging.volume import Volume
 from fesim.io.atomic import jsonable
 # The single-vertebra builder and its constants (one owner of the vertebra's shape).
-from fesim.synthetic.phantom import (BODY_A, BODY_B, BODY_H, CORTEX_MM, DISC_H, TISSUE_HU,
+from fesim.synthetic.phantom import (BODY_A, BODY_B, BODY_H, CORTEX_MM, DISC_H, TISSUE_HU, calibration_truth,
                                      _ellipse_sdf, _scanner, _segment_sdf_xy, _slab, _vertebra)
 
 #: Levels the spine can hold, cranial to caudal (S1 is the top of the sacrum).
@@ -380,8 +380,7 @@ def spine_truth(phantom: SpinePhantom) -> dict:
     spec = phantom.spec
     return jsonable({
         "spec": asdict(spec),
-        "calibration": {"hu_per_mg": spec.hu_per_mg, "hu_offset": spec.hu_offset,
-                        "equation": "HU = hu_offset + hu_per_mg * BMD (mg/cm^3 K2HPO4)"},
+        "calibration": calibration_truth(spec),
         "poses": phantom.poses,
         "labels": {"convention": "totalseg_v2",
                    "names": {str(k): v for k, v in phantom.labels.meta["label_names"].items()}},
