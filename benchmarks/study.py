@@ -65,7 +65,8 @@ def main(argv=None):
             per = scan_times(out)
             cpu = statistics.median(c for _, c in per) if per else float("nan")
             rate[workers] = len(rows) / wall * 3600
-            print(f"{workers} worker(s): {len(rows)} scans in {wall:.1f} s -> {rate[workers]:.0f} "
+            print(f"{workers} worker(s): {len(rows)} scans analysed ({len(scans) - len(rows)} refused, "
+                  f"see {out.name}/failures.json) in {wall:.1f} s -> {rate[workers]:.0f} "
                   f"scans/hour; per scan median wall {statistics.median(w for w, _ in per):.1f} s, "
                   f"CPU {cpu:.1f} s; load average {load0:.1f} -> {os.getloadavg()[0]:.1f}")
         print(f"ratio 2 / 1 workers: {rate[2] / rate[1]:.2f}")
