@@ -1,7 +1,7 @@
-"""Compiled kernels (numba, the optional ``fast`` extra) of the linear core.
+"""Compiled kernels (numba, a core dependency) of the linear core.
 
-Everything here has a numpy/scipy equivalent that fesim uses when numba is not installed
-(:data:`HAVE_NUMBA` is False); the kernels only change speed, never results beyond
+Everything here has a numpy/scipy equivalent that fesim uses when numba cannot be imported
+or ``FESIM_NO_NUMBA=1`` (:data:`HAVE_NUMBA` is False); the kernels only change speed, never results beyond
 round-off. Threaded kernels split rows across the cores (``numba.prange``): scipy's sparse
 matrix-vector product runs on one core, and at a million unknowns it is memory-bound, so
 the second core's memory bandwidth is the gain.
@@ -15,7 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-try:  # optional: pip install fesim[fast]
+try:
     if os.environ.get("FESIM_NO_NUMBA") == "1":
         raise ImportError("disabled by FESIM_NO_NUMBA=1")
     import numba
