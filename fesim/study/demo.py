@@ -150,8 +150,8 @@ def demo_findings(rows) -> str:
             txt.append(f"largest |r| among the BMD measures {r:.2f} ({a} vs {b})")
         if m != months[0]:
             both = [(base[r["patient"]], r) for r in mr if r["patient"] in base]
-            ch = change_from_baseline([b.get("dxa_abmd_g_cm2") for b, _ in both],
-                                      [f.get("dxa_abmd_g_cm2") for _, f in both])
+            ch = change_from_baseline([b.get(DXA_ABMD) for b, _ in both],
+                                      [f.get(DXA_ABMD) for _, f in both])
             if math.isfinite(ch.mean_pct):
                 txt.append(f"simulated DXA aBMD change {ch.mean_pct:+.1f} % (FREEDOM mean "
                            f"{float(mean_dxa_gain_percent(m)):+.1f} %)")

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from fesim.errors import InputError
 from fesim.imaging import segmentation as seg
@@ -50,12 +51,9 @@ class Pose:
 
 
 def rotation_matrix(axis, angle_deg: float) -> np.ndarray:
-    """Rotation (3x3) by ``angle_deg`` about ``axis`` (Rodrigues)."""
+    """Rotation (3x3) by ``angle_deg`` about ``axis`` (any length)."""
     k = np.asarray(axis, float)
-    k = k / np.linalg.norm(k)
-    a = np.deg2rad(angle_deg)
-    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + np.sin(a) * K + (1 - np.cos(a)) * K @ K
+    return Rotation.from_rotvec(np.deg2rad(angle_deg) * k / np.linalg.norm(k)).as_matrix()
 
 
 def draw_pose(rng: np.random.Generator, max_deg: float = 15.0, max_shift_mm: float = 20.0) -> Pose:
