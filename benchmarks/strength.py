@@ -81,7 +81,7 @@ def main(argv=None):
         t_lin = time.perf_counter() - t
         t = time.perf_counter()
         extra = {} if args.correction_rtol is None else {"correction_rtol": args.correction_rtol}
-        r = run_strength(mesh, mat.E, mat.nu, case, settings, assembler=Assembler(mesh.points, mesh.cells),
+        r = run_strength(mesh, mat.E, mat.nu, case, settings=settings, assembler=Assembler(mesh.points, mesh.cells),
                          **extra)
         t_nl = time.perf_counter() - t
         tot_lin, tot_nl = tot_lin + t_lin, tot_nl + t_nl
@@ -89,7 +89,7 @@ def main(argv=None):
         if args.reference:
             fixed = settings.replace(step_fraction=0.1, min_step_fraction=None, max_step_fraction=None,
                                      extrapolate=False)
-            r0 = run_strength(mesh, mat.E, mat.nu, case, fixed, assembler=Assembler(mesh.points, mesh.cells), **extra)
+            r0 = run_strength(mesh, mat.E, mat.nu, case, settings=fixed, assembler=Assembler(mesh.points, mesh.cells), **extra)
             ref = f"{r0.n_solves:>11}{r0.strength_N:>9.1f}{100 * (r.strength_N / r0.strength_N - 1):>7.2f}%"
         print(f"{case.name:<15}{t_lin:>10.2f}{t_nl:>13.2f}{t_nl / t_lin:>8.1f}{r.n_solves:>8}{r.cg_iterations:>7}"
               f"{r.n_steps:>7}{r.converged_steps:>6}{r.strength_N:>12.1f}{r.surrogate_strength_N:>13.0f}{ref}")

@@ -137,6 +137,10 @@ def test_incremental_moduli_update_matches_fresh_assembly(order):
         fresh = StaticProblem(model(E), solver="direct")
         for a, b in ((prob.K_ff, fresh.K_ff), (prob.K_fc, fresh.K_fc), (prob.K_c, fresh.K_c)):
             assert abs(a - b).max() <= 1e-12 * abs(b).max()
+    from fesim.fem.kernels import HAVE_NUMBA
+
+    # with numba the compiled in-place update ran, not the numpy scatter
+    assert (prob._upd is None) == HAVE_NUMBA
 
 
 def test_correction_solve_resolves_a_small_local_change():

@@ -49,3 +49,38 @@ def test_pmg_needs_cells():
     mesh, Kff, b, free = _system(2)
     with pytest.raises(SolverError, match="cells"):
         make_solver(Kff, "pmg")
+
+
+def test_pcg_keeps_the_true_residual_and_reports_breakdown():
+    """The CG iteration's own residual is b - A x to round-off (callers skip a product with A),
+    and an indefinite matrix is reported as a breakdown, not as convergence."""
+    import scipy.sparse as sp
+
+    from fesim.fem.solvers import pcg
+
+    mesh, Kff, b, free = _system(2)
+    x, info, it, r = pcg(Kff, b, None, rtol=1e-6)
+    assert info == 0 and it > 10
+    assert np.linalg.norm(r - (b - Kff @ x)) <= 1e-12 * np.linalg.norm(b)
+    assert np.linalg.norm(r) <= 1e-6 * np.linalg.norm(b)
+    x2, info2, it2, _ = pcg(Kff, b, None, x0=x, rtol=1e-6)  # a converged start: no iteration
+    assert info2 == 0 and it2 == 0 and np.array_equal(x2, x)
+    indefinite = sp.diags(np.r_[1.0, -1.0, np.ones(8)]).tocsr()
+    assert pcg(indefinite, np.ones(10), None, rtol=1e-10)[1] == -1
+
+
+def test_pmg_reuse_follows_the_new_moduli_in_its_smoother():
+    """update(reuse=True) with softened moduli keeps the coarse hierarchy but smooths with
+    the new matrix; CG still converges to the new solution."""
+    mesh, Kff, b, free = _system(2)
+    s = make_solver(Kff, "pmg", rtol=1e-10, near_null=rigid_body_modes(mesh.points)[free],
+                    cells=mesh.cells, free=free, n_nodes=mesh.n_nodes)
+    ml = s._ml
+    K2 = Kff.copy()
+    K2.data *= np.random.default_rng(0).uniform(0.5, 1.0)  # uniform softening keeps K2 SPD
+    s.update(K2, reuse=True)
+    assert s._ml is ml
+    assert np.allclose(s._As.A.data, K2.data.astype(np.float32))
+    x, info = s.solve(b)
+    ref = make_solver(K2, "direct").solve(b)[0]
+    assert np.linalg.norm(x - ref) / np.linalg.norm(ref) < 1e-7

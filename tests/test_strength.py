@@ -172,3 +172,32 @@ def test_optional_schemes_match_fixed_steps(changes):
     new = run_strength(mesh, E, nu, case, solver="direct", **changes)
     assert new.passed_peak
     assert abs(new.strength_N / ref.strength_N - 1.0) < 0.01
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_compiled_strain_ratio_equals_the_numpy_measure(order):
+    """The one-pass compiled failure measure (closed-form principal strains) gives the
+    element-field path's ratio and strain-energy density, with per-element yield strains."""
+    from fesim.analysis.strength import strain_ratio
+    from fesim.fem.assembly import Assembler
+    from fesim.fem.kernels import HAVE_NUMBA
+    from fesim.mesh.tetmesh import to_quadratic
+
+    if not HAVE_NUMBA:
+        pytest.skip("compiled kernels disabled (FESIM_NO_NUMBA=1)")
+    mesh = box_mesh((4, 3, 3), (6.0, 5.0, 4.0))
+    mesh = to_quadratic(mesh) if order == 2 else mesh
+    rng = np.random.default_rng(order)
+    u = rng.normal(scale=0.01, size=(mesh.n_nodes, 3))
+    M = mesh.n_elements
+    E, nu = rng.uniform(50.0, 3000.0, M), rng.uniform(0.2, 0.4, M)
+    fm = FailureModel(eps_yield_compression=rng.uniform(0.005, 0.01, M),
+                      eps_yield_tension=rng.uniform(0.005, 0.01, M))
+    g = Assembler(mesh.points, mesh.cells).barycentric_gradients()[0]
+    r0, s0 = strain_ratio(mesh, u, E, nu, fm, with_sed=True)
+    r1, s1 = strain_ratio(mesh, u, E, nu, fm, with_sed=True, gradients=g)
+    assert np.abs(r1 - r0).max() <= 1e-9 * r0.max()
+    assert np.abs(s1 - s0).max() <= 1e-9 * s0.max()
+    # a state without tension or compression: the ratio is clipped at 0
+    r_zero = strain_ratio(mesh, np.zeros_like(u), E, nu, fm, gradients=g)
+    assert np.all(r_zero == 0.0)

@@ -239,6 +239,11 @@ class Assembler:
         for start in range(0, M, step):
             yield slice(start, min(start + step, M))
 
+    def barycentric_gradients(self):
+        """Barycentric gradients (M, 4, 3), 1/mm, and volumes (M,), mm^3, of the corner
+        tetrahedra (cached; see :func:`fesim.fem.elements.barycentric_gradients`)."""
+        return self._barycentric_gradients()
+
     def _barycentric_gradients(self):
         if self._g is None:
             self._g, self._vol = elements.barycentric_gradients(self.points, self.cells)
@@ -298,7 +303,8 @@ class Assembler:
         kernels._assemble_reduced_affine(
             self.cells, g, vol, np.ascontiguousarray(lam), np.ascontiguousarray(mu), inc_ptr, inc_e, inc_a,
             p.block_of, p.indptr, *self._terms, mp["fmap"], mp["cmap"], mp["nfb"], mp["ncb"],
-            mp["ff_ptr"], mp["off_ff"], mp["fc_ptr"], mp["off_fc"], mp["c_ptr"], ff, fc, kc)
+            mp["ff_ptr"], mp["off_ff"], mp["fc_ptr"], mp["off_fc"], mp["c_ptr"], ff, fc, kc,
+            np.arange(p.n_nodes, dtype=np.int64))
         nf, nc = free.size, fixed.size
         K_ff = sp.csr_matrix((ff, mp["ff_idx"], mp["ff_ptr"]), shape=(nf, nf))
         K_ff.has_sorted_indices = True
@@ -307,6 +313,42 @@ class Assembler:
         K_c = sp.csr_matrix((kc, mp["c_idx"], mp["c_ptr"]), shape=(nc, self.n_dofs))
         K_c.has_sorted_indices = True
         return K_ff, K_fc, K_c
+
+    def update_reduced(self, elems: np.ndarray, dE: np.ndarray, nu: np.ndarray, free: np.ndarray,
+                       fixed: np.ndarray, K_ff: sp.csr_matrix, K_fc: sp.csr_matrix, K_c: sp.csr_matrix) -> bool:
+        """Add the stiffness change of elements ``elems`` (moduli changed by ``dE``, MPa) in
+        place into matrices returned by :meth:`assemble_reduced` for the same ``free``/``fixed``.
+
+        One compiled pass over the rows of the changed elements' nodes (O(changed), no pass
+        over all stored entries). Returns False, changing nothing, where
+        :meth:`assemble_reduced` has no compiled path (the caller then updates otherwise).
+        """
+        M, n = self.cells.shape
+        if not (kernels.HAVE_NUMBA and self.affine and n in (4, 10) and self._hex_ref is None):
+            return False
+        elems = np.asarray(elems, dtype=np.int64)
+        if elems.size == 0:
+            return True
+        free = np.asarray(free)
+        fixed = np.asarray(fixed)
+        mp = self._reduced_maps(free, fixed)
+        lam = np.zeros(M)
+        mu = np.zeros(M)
+        lam[elems], mu[elems] = elements.lame(np.asarray(dE, dtype=float), np.asarray(nu, dtype=float))
+        g, vol = self._barycentric_gradients()
+        if self._terms is None:
+            T = affine_product_tensor(n) if n == 10 else np.eye(16)
+            self._terms = kernels.product_terms(T, n)
+        inc_ptr, inc_e, inc_a = self._incidence()
+        rows = np.unique(self.cells[elems]).astype(np.int64)
+        dfc = np.zeros(mp["fc_ptr"][-1])
+        p = self.pattern
+        kernels._assemble_reduced_affine(
+            self.cells, g, vol, lam, mu, inc_ptr, inc_e, inc_a, p.block_of, p.indptr, *self._terms,
+            mp["fmap"], mp["cmap"], mp["nfb"], mp["ncb"], mp["ff_ptr"], mp["off_ff"], mp["fc_ptr"],
+            mp["off_fc"], mp["c_ptr"], K_ff.data, dfc, K_c.data, rows)
+        K_fc.data += dfc[mp["fc_perm"]]
+        return True
 
     def _incidence(self):
         """Node -> (element, local node) incidence in CSR form (cached)."""

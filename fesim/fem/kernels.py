@@ -110,23 +110,28 @@ if HAVE_NUMBA:
     @njit(parallel=True, cache=True)
     def _assemble_reduced_affine(cells, g, vol, lam, mu, inc_ptr, inc_e, inc_a, block_of, bindptr,
                                  sup, nsup, tk, td, tv, tn, fmap, cmap, nfb, ncb,
-                                 ff_ptr, off_ff, fc_ptr, off_fc, c_ptr, ff, fc, kc):
+                                 ff_ptr, off_ff, fc_ptr, off_fc, c_ptr, ff, fc, kc, rows):
         """Stiffness of straight-sided elements added straight into the reduced CSR arrays.
 
-        Node rows are split across threads (prange): every entry of node ``a``'s three rows
-        is written by the thread owning ``a``, so there are no write conflicts.
+        Only the rows of nodes ``rows`` are written, and elements with ``lam = mu = 0`` are
+        skipped: with moduli *increments* and the nodes of the changed elements this is an
+        in-place update. Node rows are split across threads (prange): every entry of node
+        ``a``'s three rows is written by the thread owning ``a``, so there are no write conflicts.
         """
-        n_nodes = inc_ptr.size - 1
+        n_rows = rows.size
         n = cells.shape[1]
-        nchunk = (n_nodes + 255) // 256
+        nchunk = (n_rows + 255) // 256
         for ch in prange(nchunk):
             C = np.empty((2, 4, 3, 3))
             blk = np.empty((3, 3))
-            for a in range(ch * 256, min(n_nodes, (ch + 1) * 256)):
+            for ia in range(ch * 256, min(n_rows, (ch + 1) * 256)):
+                a = rows[ia]
                 for p in range(inc_ptr[a], inc_ptr[a + 1]):
                     e = inc_e[p]
                     la = inc_a[p]
                     V, l_e, m_e = vol[e], lam[e], mu[e]
+                    if l_e == 0.0 and m_e == 0.0:
+                        continue
                     for k in range(nsup[la]):
                         c = sup[la, k]
                         for d in range(4):
@@ -250,3 +255,61 @@ if HAVE_NUMBA:
             for kb in range(bindptr[a], bindptr[a + 1]):
                 for j in range(3):
                     c_idx[s + 3 * (kb - bindptr[a]) + j] = 3 * bindices[kb] + j
+
+
+if HAVE_NUMBA:
+    @njit(parallel=True, cache=True)
+    def _strain_ratio_affine(cells, g, edges, u, lam, mu, eps_c, eps_t, r, sed):
+        """Principal-strain ratio ``max(-eps_min / eps_c, eps_max / eps_t, 0)`` and strain-energy
+        density of each straight-sided tet4/tet10 from its mean strain (as
+        :func:`fesim.fem.elements.mean_strains_affine`); eigenvalues in closed form."""
+        M = cells.shape[0]
+        quad = cells.shape[1] == 10
+        for e in prange(M):
+            H = np.zeros((3, 3))
+            if quad:
+                for k in range(6):
+                    node = cells[e, 4 + k]
+                    a, b = edges[k, 0], edges[k, 1]
+                    for i in range(3):
+                        ui = u[node, i]
+                        for j in range(3):
+                            H[i, j] += ui * (g[e, a, j] + g[e, b, j])
+            else:
+                for k in range(4):
+                    node = cells[e, k]
+                    for i in range(3):
+                        ui = u[node, i]
+                        for j in range(3):
+                            H[i, j] += ui * g[e, k, j]
+            e00, e11, e22 = H[0, 0], H[1, 1], H[2, 2]
+            e01 = 0.5 * (H[0, 1] + H[1, 0])
+            e02 = 0.5 * (H[0, 2] + H[2, 0])
+            e12 = 0.5 * (H[1, 2] + H[2, 1])
+            tr = e00 + e11 + e22
+            ee = e00 * e00 + e11 * e11 + e22 * e22 + 2.0 * (e01 * e01 + e02 * e02 + e12 * e12)
+            sed[e] = 0.5 * (lam[e] * tr * tr + 2.0 * mu[e] * ee)
+            # eigenvalues of a symmetric 3x3 matrix (trigonometric form)
+            p1 = e01 * e01 + e02 * e02 + e12 * e12
+            q = tr / 3.0
+            d0, d1, d2 = e00 - q, e11 - q, e22 - q
+            p2 = d0 * d0 + d1 * d1 + d2 * d2 + 2.0 * p1
+            if p2 <= 1e-300:
+                lo = hi = q
+            else:
+                p = np.sqrt(p2 / 6.0)
+                b00, b11, b22 = d0 / p, d1 / p, d2 / p
+                b01, b02, b12 = e01 / p, e02 / p, e12 / p
+                detb = (b00 * (b11 * b22 - b12 * b12) - b01 * (b01 * b22 - b12 * b02)
+                        + b02 * (b01 * b12 - b11 * b02))
+                hr = 0.5 * detb
+                if hr <= -1.0:
+                    phi = np.pi / 3.0
+                elif hr >= 1.0:
+                    phi = 0.0
+                else:
+                    phi = np.arccos(hr) / 3.0
+                hi = q + 2.0 * p * np.cos(phi)
+                lo = q + 2.0 * p * np.cos(phi + 2.0 * np.pi / 3.0)
+            v = max(-lo / eps_c[e], hi / eps_t[e])
+            r[e] = v if v > 0.0 else 0.0

@@ -303,7 +303,9 @@ class StaticProblem:
             self._full_assembly(E)
         else:
             changed = np.nonzero(E != self._E)[0]
-            if changed.size:
+            if changed.size and not self.assembler.update_reduced(
+                    changed, E[changed] - self._E[changed], m.nu[changed], self.free, m.bc_dofs,
+                    self.K_ff, self.K_fc, self.K_c):
                 Ke = self.assembler.element_matrices(changed, E[changed] - self._E[changed], m.nu[changed])
                 self._updater().add(changed, Ke)
         self._E = E.copy()
@@ -367,7 +369,7 @@ class StaticProblem:
         u[m.bc_dofs] = uc
         self._u_prev = u
         r = np.zeros(m.n_dofs)
-        r[self.free] = self.K_ff @ uf - rhs  # equilibrium residual of the free unknowns
+        r[self.free] = -self._solver.residual  # equilibrium residual K u - f of the free unknowns
         r[m.bc_dofs] = self.K_c @ u - f[m.bc_dofs]
         return Solution(u.reshape(-1, 3), r, info, dict(self.timings))
 
