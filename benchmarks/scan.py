@@ -53,6 +53,7 @@ def worker(scan: str, labels: str | None, out: str, strength: str) -> dict:
     an = res["analyses"]
     return {"wall_s": wall, "timings_s": res["timings_s"], "n_dofs": res["n_dofs"],
             "solves": {k: an[k].get("n_solves") for k in an},
+            "cg_iterations": {k: an[k].get("cg_iterations") for k in an},
             "strength_N": {k: an[k].get("strength_N") for k in an},
             "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9}
 
@@ -71,7 +72,7 @@ def format_scan(name: str, full: dict, lin: dict) -> str:
         return f"{name}: failed: {full.get('error') or lin.get('error')}"
     lines = [f"## {name}: {full['n_dofs']:,} unknowns; default run {full['wall_s']:.1f} s wall, "
              f"peak {full['peak_gb']:.2f} GB (surrogate run {lin['wall_s']:.1f} s, {lin['peak_gb']:.2f} GB)",
-             "", "| stage | s | solves | one linear solve s | ratio |", "|---|---|---|---|---|"]
+             "", "| stage | s | solves (CG it) | one linear solve s (CG it) | ratio |", "|---|---|---|---|---|"]
     tot_nl = tot_lin = 0.0
     for stage, s in full["timings_s"].items():
         if stage in full["solves"]:
@@ -79,7 +80,8 @@ def format_scan(name: str, full: dict, lin: dict) -> str:
             tot_nl += s
             tot_lin += one or 0.0
             ratio = f"{s / one:.1f}x" if one else "-"
-            lines.append(f"| {stage} | {s:.1f} | {full['solves'][stage]} | {one:.1f} | {ratio} |")
+            its, its1 = full.get("cg_iterations", {}).get(stage), lin.get("cg_iterations", {}).get(stage)
+            lines.append(f"| {stage} | {s:.1f} | {full['solves'][stage]} ({its}) | {one:.1f} ({its1}) | {ratio} |")
         else:
             lines.append(f"| {stage} | {s:.1f} | | | |")
     n = len(full["solves"])

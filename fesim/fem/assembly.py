@@ -228,6 +228,7 @@ class Assembler:
         self._terms = None  # sparse affine product tensor (assemble_reduced)
         self._inc = None  # node -> element incidence (assemble_reduced)
         self._maps = None  # (key, block positions in the reduced matrices) of the last constraint set
+        self._corner = None  # (tet4 corner-mesh Assembler, node -> corner index), tet10 only
 
     @property
     def n_dofs(self) -> int:
@@ -349,6 +350,32 @@ class Assembler:
             mp["off_fc"], mp["c_ptr"], K_ff.data, dfc, K_c.data, rows)
         K_fc.data += dfc[mp["fc_perm"]]
         return True
+
+    def corner_matrix(self, E, nu, coarse_dofs: np.ndarray) -> sp.csr_matrix | None:
+        """Stiffness (CSR, N/mm) of the tet4 mesh of the corner nodes of straight-sided tet10,
+        same moduli ``E`` (MPa) and ``nu``, on the mesh unknowns ``coarse_dofs`` (of corner
+        nodes, sorted; all other corner unknowns held). None for other meshes.
+
+        It is the p-multigrid coarse operator without the Galerkin product ``P^T K P``
+        (``P``: corner values interpolated linearly to the mid-edge nodes): a quadratic element
+        holds linear fields exactly, so the two agree wherever every held mid-edge unknown has
+        both its edge's ends held too, and differ only near the edges of a support patch.
+        The corner mesh's pattern is built once and cached.
+        """
+        if not (self.affine and self.cells.shape[1] == 10 and kernels.HAVE_NUMBA):
+            return None
+        if self._corner is None:
+            corners = np.unique(self.cells[:, :4])
+            cidx = np.full(self.pattern.n_nodes, -1, dtype=np.int64)
+            cidx[corners] = np.arange(corners.size)
+            self._corner = (Assembler(self.points[corners], cidx[self.cells[:, :4]].astype(np.int32)), cidx)
+        asm4, cidx = self._corner
+        coarse_dofs = np.asarray(coarse_dofs, dtype=np.int64)
+        free = 3 * cidx[coarse_dofs // 3] + coarse_dofs % 3
+        if np.any(free < 0) or np.any(np.diff(free) <= 0):
+            raise ValueError("corner_matrix needs sorted unknowns of corner nodes")
+        fixed = np.setdiff1d(np.arange(asm4.n_dofs), free)
+        return asm4.assemble_reduced(E, nu, free, fixed)[0]
 
     def _incidence(self):
         """Node -> (element, local node) incidence in CSR form (cached)."""

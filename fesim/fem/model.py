@@ -314,9 +314,14 @@ class StaticProblem:
         if self._solver is None:
             B = rigid_body_modes(m.mesh.points)[self.free]
             self._solver = make_solver(self.K_ff, self.method, rtol=self.rtol, near_null=B,
-                                       cells=m.mesh.cells, free=self.free, n_nodes=m.n_nodes)
+                                       cells=m.mesh.cells, free=self.free, n_nodes=m.n_nodes,
+                                       coarse_matrix=self._corner_matrix)
         else:
             self._solver.update(self.K_ff, reuse=True)
+
+    def _corner_matrix(self, coarse_dofs):
+        """The p-multigrid's coarse operator for the current moduli (read at each set-up)."""
+        return self.assembler.corner_matrix(self._E, self.model.nu, coarse_dofs)
 
     def solve(self, bc_values=None, forces=None, correction_rtol: float | None = None) -> Solution:
         """Solve with the current moduli, warm-started from the previous solution.

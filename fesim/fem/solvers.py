@@ -300,7 +300,7 @@ def make_solver(A, method: str = "auto", rtol: float = 1e-8, near_null=None, **k
             method = "pmg" if kw.get("cells") is not None else "amg"
     cls = SOLVERS.get_or_raise(method)
     if not getattr(cls, "needs_mesh", False):  # mesh keywords are optional hints for others
-        kw = {k: v for k, v in kw.items() if k not in ("cells", "free", "n_nodes")}
+        kw = {k: v for k, v in kw.items() if k not in ("cells", "free", "n_nodes", "coarse_matrix")}
     if not cls.is_available():
         raise SolverError(f"solver {method!r} is not installed (optional extra)")
     return cls(A, rtol=rtol, near_null=near_null, **kw)
@@ -358,13 +358,18 @@ class PMultigridSolver(LinearSolver):
     float32 : keep a single-precision copy of ``A`` for the smoother and the residuals
         inside the preconditioner (halves their memory traffic; CG itself stays float64)
     coarse_cycles : AMG V-cycles per coarse correction
+    coarse_matrix : callable, optional
+        ``coarse_matrix(coarse_dofs) -> csr | None``: the coarse operator on the given mesh
+        unknowns (corner nodes', sorted), e.g. the tet4 corner mesh's stiffness assembled
+        directly (:meth:`fesim.fem.assembly.Assembler.corner_matrix`), instead of the Galerkin
+        product ``P^T A P`` (used when it returns None)
     """
 
     needs_mesh = True
     refresh_smoother = os.environ.get("FESIM_PMG_REFRESH", "1") == "1"
 
     def __init__(self, A, rtol=1e-8, maxiter=2000, near_null=None, cells=None, free=None,
-                 n_nodes=None, degree=2, ratio=8.0, float32=True, coarse_cycles=4):
+                 n_nodes=None, degree=2, ratio=8.0, float32=True, coarse_cycles=4, coarse_matrix=None):
         if cells is None:
             raise SolverError("pmg solver needs the mesh cells (make_solver(..., cells=, free=, n_nodes=))")
         self.cells = np.asarray(cells)
@@ -372,6 +377,7 @@ class PMultigridSolver(LinearSolver):
         self.free_dofs = np.arange(3 * self.n_nodes) if free is None else np.asarray(free)
         self.degree, self.ratio, self.float32 = degree, ratio, float32
         self.coarse_cycles = coarse_cycles
+        self.coarse_matrix = coarse_matrix
         self._P = None
         super().__init__(A, rtol=rtol, maxiter=maxiter, near_null=near_null)
 
@@ -385,9 +391,26 @@ class PMultigridSolver(LinearSolver):
         is_free[self.free_dofs] = True
         cdofs = (3 * corners[:, None] + np.arange(3)).ravel()  # fine unknown of each coarse one
         keep_c = np.nonzero(is_free[cdofs])[0]
+        self._direct_coarse = self.coarse_matrix is not None
+        if self._direct_coarse:
+            # The directly assembled corner stiffness is the Galerkin operator only if no held
+            # mid-edge unknown lies on an edge with a free end (held, it is 0 where the
+            # interpolation is not). Otherwise P^T A P: on the phantom pullouts, whose screw
+            # head set ends mid-element, the corner stiffness took 43-47 cold CG iterations
+            # instead of 24-27, and holding such edges' ends on the coarse level (exact on a
+            # smaller coarse space) moved a pullout peak by +2.5 % through its inexact
+            # secant corrections.
+            ends = self.cells[:, TET10_EDGES]
+            mid = self.cells[:, 4:]
+            for comp in range(3):
+                held_mid = ~is_free[3 * mid + comp]
+                if np.any(is_free[3 * ends[held_mid] + comp]):
+                    self._direct_coarse = False
+                    break
         P = P[self.free_dofs][:, keep_c].tocsr()
         pos = np.full(n, -1, dtype=np.int64)
         pos[self.free_dofs] = np.arange(self.free_dofs.size)
+        self._coarse_dofs = cdofs[keep_c]  # mesh unknown of each coarse unknown (sorted)
         return P, pos[cdofs[keep_c]]
 
     def _setup(self, A, reuse):
@@ -407,7 +430,9 @@ class PMultigridSolver(LinearSolver):
             ml = sa_hierarchy(A, self.near_null)
             self._prec = ml.aspreconditioner(cycle="V")
             return
-        Ac = (P.T @ (A @ P)).tocsr()
+        Ac = self.coarse_matrix(self._coarse_dofs) if self._direct_coarse and self.coarse_matrix else None
+        if Ac is None:
+            Ac = (P.T @ (A @ P)).tocsr()
         Bc = None if self.near_null is None else self.near_null[self._coarse_rows]
         self._ml = sa_hierarchy(Ac, Bc)
         t_amg = time.perf_counter()
