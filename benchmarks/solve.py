@@ -120,7 +120,8 @@ def worker(order: int, size: float, solver: str, ccx: bool, ccx_timeout: float, 
     row["assembly_s"], row["assembly_cpu_s"] = _since(t)
     row["nnz"] = nnz
     t = _clock()
-    kw = {"cells": mesh.cells, "free": free, "n_nodes": mesh.n_nodes} if solver == "pmg" else {}
+    kw = {"cells": mesh.cells, "free": free, "n_nodes": mesh.n_nodes,  # as StaticProblem passes them
+          "coarse_matrix": lambda d: asm.corner_matrix(model.E, model.nu, d)} if solver == "pmg" else {}
     B = rigid_body_modes(mesh.points)[free]
     s = make_solver(K_ff, solver, rtol=1e-8, near_null=B, **kw)
     row["setup_s"], row["setup_cpu_s"] = _since(t)
