@@ -34,6 +34,7 @@ from dataclasses import dataclass, asdict
 
 import numpy as np
 from scipy import ndimage as ndi
+from scipy.spatial import cKDTree
 
 from fesim.errors import ScrewPlanError
 from fesim.imaging.screwplan import ScrewPlan
@@ -50,15 +51,19 @@ GRAZE_MM = 0.5
 #: Largest medial convergence and cranial/caudal tilt (deg, vertebra frame) of a traditional
 #: screw: TT convergence is about 5 deg at L1 to 30 deg at L5, roughly parallel to the endplates.
 TT_MAX_MEDIAL_DEG, TT_MAX_TILT_DEG = 35.0, 15.0
+#: Spread (deg) of the prior of a traditional screw parallel to the endplates.
+TT_TILT_PRIOR_DEG = 8.0
+#: Power of the traditional consensus weights (how much the best-seated directions dominate).
+CONSENSUS_POWER = 2.0
 #: Gaussian sigma (voxels) of the mask occupancy whose 0.5 level is the planning surface.
-PLAN_SMOOTH_VOX = 0.5
+PLAN_SMOOTH_VOX = 0.7
+#: Distance (mm) from the surface within which the planning map is sub-voxel exact.
+SUBVOXEL_BAND_MM = 10.0
 #: Traditional lines: clearance (mm) beyond which a wider margin no longer ranks a line
 #: higher, and the weight (mm per deg) of its deviation from the pedicle axis against clearance.
 CLEAR_CAP_MM, DEV_WEIGHT_MM_PER_DEG = 2.0, 0.005
 #: Clearance (mm) up to which the mean clearance along a traditional screw counts (centring).
 MEAN_CAP_MM = 3.0
-#: Score band (mm) below the best over which traditional directions share the consensus.
-CONSENSUS_BAND_MM = 1.5
 
 
 @dataclass
@@ -129,8 +134,31 @@ def planning_distance_map(mask: Volume, sigma_vox: float = PLAN_SMOOTH_VOX) -> V
         occ = ndi.zoom(occ, factor, order=1, grid_mode=True, mode="grid-constant", cval=0.0)
     hf = h / factor
     origin = mask.origin + mask.direction @ (h * (0.5 / factor - 0.5))
-    fine = Volume(occ >= 0.5, hf, origin, mask.direction, dict(mask.meta))
-    return signed_distance_map(fine)
+    inside = occ >= 0.5
+    fine = Volume(inside, hf, origin, mask.direction, dict(mask.meta))
+    sdf = signed_distance_map(fine)
+    if not inside.any() or inside.all():
+        return sdf
+    # Sub-voxel: within a band around the surface, the distance to the 0.5 crossings of the
+    # occupancy between neighbouring grid points (linear interpolation along each axis)
+    # instead of to the nearest voxel centre of the other side.
+    cross = []
+    for k in range(3):
+        a = np.moveaxis(occ, k, 0)
+        lo, hi = a[:-1], a[1:]
+        sel = (lo >= 0.5) != (hi >= 0.5)
+        ijk = np.argwhere(sel).astype(float)
+        frac = (0.5 - lo[sel]) / (hi[sel] - lo[sel])
+        ijk[:, 0] += frac
+        full = np.empty_like(ijk)
+        full[:, [k] + [j for j in range(3) if j != k]] = ijk
+        cross.append(full)
+    pts = fine.index_to_world(np.vstack(cross))
+    band = np.abs(sdf.data) <= SUBVOXEL_BAND_MM
+    dist, _ = cKDTree(pts).query(fine.index_to_world(np.argwhere(band)))
+    out = sdf.data.copy()
+    out[band] = np.where(inside[band], -dist, dist)
+    return sdf.with_data(out.astype(np.float32))
 
 
 def _cylinder_points(screw: ScrewPlan, step: float) -> tuple[np.ndarray, np.ndarray]:
@@ -485,7 +513,7 @@ def _fit_lines(sdf: Volume, passes, dirs, radius: float, length: float, tip_marg
     k = np.minimum(np.round((t_front - ts[i0]) / step).astype(int) + 1, front.shape[1] - 1)
     front_bad = front[np.arange(len(front)), k] < -slack
     return dict(t_entry=t_entry, t_front=t_front, avail=avail, got=got, wall=wall, ok=ok,
-                front_bad=front_bad, centred=centred)
+                front_bad=front_bad, centred=centred, seated=(n_back > 1) & (sd[:, i0] <= 0))
 
 
 def _tt_score(fit: dict, devs) -> np.ndarray:
@@ -573,15 +601,49 @@ def _pass_points(sdf: Volume, regions: Volume, code: int, radius: float, slack: 
     return pts[order[np.sort(first)]]
 
 
+def _margin(fit: dict, length: float) -> np.ndarray:
+    """A line's seating margin (mm): its wall clearance, less the length it falls short of
+    ``length`` -- continuous in the line and in the surface; -inf where the pass point is
+    outside the bone or no head position exists."""
+    q = fit["wall"] - np.maximum(0.0, length - fit["avail"])
+    return np.where(fit["seated"], q, -np.inf)
+
+
+def _best_shift(fit_lines, P, D, length: float, frame: dict):
+    """Per direction (rows of ``D``), the pass point near ``P`` of the largest margin: a
+    pattern search across each line, 1 mm down to 0.125 mm steps. Returns (P, margin)."""
+    grid = np.array([(i, j) for i in (-1, 0, 1) for j in (-1, 0, 1)], float)
+    u = np.cross(D, frame["body_axis"])
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    w = np.cross(D, u)
+    q = _margin(fit_lines(P, D), length)
+    for h in (1.0, 0.5, 0.25, 0.125):
+        for _ in range(3):
+            cand = P[:, None, :] + h * (grid[None, :, :1] * u[:, None, :] + grid[None, :, 1:] * w[:, None, :])
+            qs = _margin(fit_lines(cand.reshape(-1, 3), np.repeat(D, len(grid), 0)), length)
+            qs = qs.reshape(len(D), len(grid))
+            k = qs.argmax(axis=1)
+            better = qs[np.arange(len(D)), k] > q + 1e-6
+            if not better.any():
+                break
+            P = np.where(better[:, None], cand[np.arange(len(D)), k], P)
+            q = np.where(better, qs[np.arange(len(D)), k], q)
+    return P, q
+
+
 def _consensus_line(fit_lines, sdf: Volume, regions: Volume, code: int, frame: dict, side: str,
                     radius: float, slack: float, length: float):
-    """The traditional line as a robust fit: every direction of a 2 deg grid over the allowed
-    convergence and tilt is scored by its best line through the pedicle (:func:`_tt_score`);
-    the direction is the mean of those within CONSENSUS_BAND_MM of the best, weighted from 1
-    (best) down to 0 (band edge): the axis of the cone of directions a screw fits through,
-    not the single best, so a flat optimum -- a pedicle wider than the screw -- does not let
-    single surface voxels pick the direction.
-    Returns (pass point, direction) or None when no full-length line seats."""
+    """The traditional line as a robust fit of the pedicle's axis.
+
+    Every direction of a 2 deg grid over the allowed convergence and tilt gets its best line
+    through the pedicle (pass points in the pedicle, then shifted across the line to the
+    largest seating margin, :func:`_margin`). The direction is the mean of the directions
+    weighted by how far their margin exceeds the least accepted wall clearance, relative to
+    the best margin -- the axis of the cone of directions the screw fits through, a weight
+    that falls continuously to 0 at the cone's edge, so single surface voxels shift it little,
+    where the single best line of a flat optimum (a pedicle wider than the screw) can jump.
+    Returns (pass point, direction) or None when no line seats.
+    """
     conv, tilt = np.meshgrid(np.arange(-4.0, TT_MAX_MEDIAL_DEG + 1e-9, 2.0),
                              np.arange(-TT_MAX_TILT_DEG, TT_MAX_TILT_DEG + 1e-9, 2.0), indexing="ij")
     dirs = _frame_dirs(frame, side, conv.ravel(), tilt.ravel())
@@ -593,18 +655,34 @@ def _consensus_line(fit_lines, sdf: Volume, regions: Volume, code: int, frame: d
     chunk = max(1, 6000 // len(passes))
     for a in range(0, len(dirs), chunk):
         D = dirs[a:a + chunk]
-        fit = fit_lines(np.tile(passes, (len(D), 1)), np.repeat(D, len(passes), 0))
-        sc = np.where(fit["ok"] & (fit["got"] >= length - 1e-6), _tt_score(fit, 0.0), -np.inf)
-        sc = sc.reshape(len(D), len(passes))
-        best[a:a + chunk], where[a:a + chunk] = sc.max(axis=1), sc.argmax(axis=1)
-    if not np.isfinite(best).any():
+        q = _margin(fit_lines(np.tile(passes, (len(D), 1)), np.repeat(D, len(passes), 0)), length)
+        q = q.reshape(len(D), len(passes))
+        best[a:a + chunk], where[a:a + chunk] = q.max(axis=1), q.argmax(axis=1)
+    floor = WALL_MARGIN_MM - slack
+    live = best > floor - 1.0
+    if not live.any():
         return None
-    w = np.clip((best - (best.max() - CONSENSUS_BAND_MM)) / CONSENSUS_BAND_MM, 0.0, 1.0)
-    d = (w[:, None] * dirs).sum(axis=0)
+    P, q = _best_shift(fit_lines, passes[where[live]], dirs[live], length, frame)
+    if q.max() <= floor:
+        return None
+    # Where the walls leave the tilt free (a pedicle taller than the screw), the prior of a
+    # screw parallel to the endplates decides.
+    w = np.clip((q - floor) / (q.max() - floor), 0.0, 1.0) ** CONSENSUS_POWER \
+        * np.exp(-0.5 * (tilt.ravel()[live] / TT_TILT_PRIOR_DEG) ** 2)
+    d = (w[:, None] * dirs[live]).sum(axis=0)
     d /= np.linalg.norm(d)
-    # Pass point: the weighted mean of the near-best lines' points nearest the pedicle centre.
-    p_ref = (w[:, None] * passes[where]).sum(axis=0) / w.sum()
-    return p_ref, d
+    # Pass point: shifted from the weighted mean and from the best lines' pass points; when
+    # the mean direction does not seat (a curved cone), step towards the best direction.
+    starts = np.vstack([(w[:, None] * P).sum(axis=0) / w.sum(), P[np.argsort(-q)[:4]]])
+    d_best = dirs[live][int(np.argmax(q))]
+    for f in (0.0, 0.25, 0.5, 0.75, 1.0):
+        v = (1.0 - f) * d + f * d_best
+        v /= np.linalg.norm(v)
+        Ps, qs = _best_shift(fit_lines, starts, np.tile(v, (len(starts), 1)), length, frame)
+        k = int(np.argmax(qs))
+        if qs[k] >= floor:
+            return Ps[k], v
+    return None
 
 
 def _best_screw(sdf: Volume, regions: Volume, passes, dirs, devs, side, trajectory, length,
@@ -629,7 +707,7 @@ def _best_screw(sdf: Volume, regions: Volume, passes, dirs, devs, side, trajecto
     if trajectory == "traditional":
         consensus = _consensus_line(fit_lines, sdf, regions, code, frame, side, r, slack, length)
     if consensus is not None:
-        p, d = _refine(fit_lines, consensus[0], consensus[1], consensus[1], frame, side, turn=False)
+        p, d = consensus
         one = fit_lines(p[None], d[None])
         if not (one["ok"][0] and one["got"][0] >= length - 1e-6):
             consensus = None

@@ -1,0 +1,97 @@
+"""Screw planning is insensitive to single surface voxels of the mask (issue #16)."""
+
+import warnings
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from fesim.imaging.planning import check_screw, plan_screws, planning_distance_map, signed_distance_map
+from fesim.imaging.segmentation import subregions
+from fesim.synthetic.phantom import PhantomSpec, make_phantom
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    p = make_phantom(PhantomSpec(rods_mg_cm3=None, noise_hu=0.0))
+    mask = p.labels.with_data((p.labels.data == 1).astype(np.uint8))
+    return p, mask
+
+
+def _plan(mask):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return plan_screws(mask, subregions(mask), sides=("left", "right"))
+
+
+def _surface_changed(mask, rng, fraction, add):
+    """The mask with ``fraction`` of its one-voxel outer (``add``) or inner surface layer flipped."""
+    m = mask.data > 0
+    ball = ndi.generate_binary_structure(3, 1)
+    layer = (ndi.binary_dilation(m, ball) & ~m) if add else (m & ~ndi.binary_erosion(m, ball))
+    pick = layer & (rng.random(m.shape) < fraction)
+    return mask.with_data((m | pick if add else m & ~pick).astype(np.uint8)), int(pick.sum())
+
+
+def _axis_gap(a, b, point):
+    """Angle (deg) between two screws and the distance (mm) between their axes at ``point``."""
+    ang = np.degrees(np.arccos(np.clip(a.direction @ b.direction, -1.0, 1.0)))
+    near = [s.entry + ((point - s.entry) @ s.direction) * s.direction for s in (a, b)]
+    return ang, float(np.linalg.norm(near[0] - near[1]))
+
+
+@pytest.mark.parametrize("fraction,add", [(0.3, True), (0.3, False)])
+def test_scattered_surface_voxels_leave_the_plan_in_place(phantom, fraction, add):
+    p, mask = phantom
+    ref = _plan(mask)
+    changed, n = _surface_changed(mask, np.random.default_rng(16), fraction, add)
+    assert n > 1000
+    for a, b in zip(ref, _plan(changed)):
+        ang, gap = _axis_gap(a, b, p.landmarks[f"pedicle_{a.side}"])
+        assert ang <= 1.0 and gap <= 0.5, (a.side, ang, gap)
+        assert abs(a.length_mm - b.length_mm) <= 2.5
+
+
+def test_planning_surface_ignores_single_voxels_and_pinholes(phantom):
+    _, mask = phantom
+    m = mask.data > 0
+    base = planning_distance_map(mask)
+    # an isolated voxel outside a flat face and a one-voxel hole inside the bone
+    sd = signed_distance_map(mask).data
+    # outside a flat face: its 3x3x3 neighbourhood holds exactly one full 3x3 plane of bone
+    count = ndi.convolve(m.astype(np.int16), np.ones((3, 3, 3), np.int16), mode="constant")
+    face = np.zeros_like(m)
+    for ax in range(3):
+        for s in (-1, 1):
+            face |= np.roll(m, s, axis=ax) & (count == 9)
+    out = np.argwhere(face & ~m)[0]
+    deep = np.argwhere(sd < -5.0)[0]
+    m2 = m.copy()
+    m2[tuple(out)] = True
+    m2[tuple(deep)] = False
+    moved = planning_distance_map(mask.with_data(m2.astype(np.uint8)))
+    pts = mask.index_to_world(np.array([out, deep]))
+    before, after = base.sample(pts, order=1), moved.sample(pts, order=1)
+    assert after[0] > 0 and after[1] < -4.0, (before, after)
+    # the raw voxel distance map sees both
+    raw = signed_distance_map(mask.with_data(m2.astype(np.uint8))).sample(pts, order=1)
+    assert raw[0] < 0 and raw[1] > -1.0
+
+
+def test_whole_layer_moves_the_plan_little(phantom):
+    """A whole voxel layer added (or removed) moves the surface by a voxel everywhere: the
+    screw stays centred in its pedicle, and still in bone on the changed mask."""
+    p, mask = phantom
+    ref = _plan(mask)
+    ball = ndi.generate_binary_structure(3, 1)
+    for grown in (ndi.binary_dilation(mask.data > 0, ball), ndi.binary_erosion(mask.data > 0, ball)):
+        other = mask.with_data(grown.astype(np.uint8))
+        plans = _plan(other)
+        reg = subregions(other)
+        for a, b in zip(ref, plans):
+            ang, gap = _axis_gap(a, b, p.landmarks[f"pedicle_{a.side}"])
+            assert ang <= 2.0 and gap <= 1.0, (a.side, ang, gap)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                c = check_screw(other, b, reg)
+            assert c.fraction_in_bone > 0.97 and c.tip_in_body
