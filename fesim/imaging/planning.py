@@ -13,13 +13,19 @@ Two trajectories (screw sizes from Matsukawa et al. 2015, docs/references.md):
     technique; when the screw would breach the pedicle of the given anatomy, the angle
     closest to nominal that keeps it inside is used and a warning says so.
 
-Both are placed by a search over lines near the nominal one (direction within a few
-degrees, offsets within the isthmus cross-section) that keeps the whole screw at least its
-radius away from the bone surface, measured with a signed distance map of the mask. For
-the traditional trajectory the search also tries lines through the pedicle's deepest
-voxels in 20 deg cones around the pedicle axis and around the isthmus -> body-centre
-direction, so a poorly estimated pedicle axis (coarse or real images) does not stop
-planning; lines near the nominal one win among equally long, breach-free screws. The
+Lines are measured against a sub-voxel planning surface (:func:`planning_distance_map`: the
+mask's occupancy smoothed, its 0.5 level), so a single voxel added to or missing from the
+surface, a pin-hole or a one-voxel channel of unfilled marrow (thin walls partial-volumed
+in thick slices) does not move the screw. A line must keep the whole shank at least its
+radius (plus WALL_MARGIN_MM) from that surface. The cortical screw is searched over lines
+near its nominal direction (no breach, then length, then angle to nominal). The
+traditional screw is a robust fit of the pedicle axis (:func:`_consensus_line`): for each
+direction of a 2 deg grid its best-seated line through the pedicle, then the mean
+direction weighted by the seating margin and a prior of a screw parallel to the endplates,
+rather than the single best line -- in a pedicle wider than the screw the best line is a
+flat optimum that single surface voxels used to tip by several degrees (issue #16). When
+no full-length line seats, the best of the near-nominal and pedicle-core lines is refined
+and used with the warnings below. The
 tip stays at least ``tip_margin_mm`` inside the anterior or endplate cortex; a screw that
 cannot reach its nominal length is shortened with a one-line warning naming what limits it
 (a pedicle narrower than the screw, the wall it would breach, or the cortex/endplate its tip
