@@ -13,13 +13,15 @@ Two trajectories (screw sizes from Matsukawa et al. 2015, docs/references.md):
     technique; when the screw would breach the pedicle of the given anatomy, the angle
     closest to nominal that keeps it inside is used and a warning says so.
 
-Lines are measured against a sub-voxel planning surface (:func:`planning_distance_map`: the
-mask's occupancy smoothed, its 0.5 level), so a single voxel added to or missing from the
-surface, a pin-hole or a one-voxel channel of unfilled marrow (thin walls partial-volumed
-in thick slices) does not move the screw. A line must keep the whole shank at least its
-radius (plus WALL_MARGIN_MM) from that surface. The cortical screw is searched over lines
-near its nominal direction (no breach, then length, then angle to nominal). The
-traditional screw is a robust fit of the pedicle axis (:func:`_consensus_line`): for each
+Traditional lines are measured against a sub-voxel planning surface
+(:func:`planning_distance_map`: the mask's occupancy smoothed, its 0.5 level), so a single
+voxel added to or missing from the surface, a pin-hole or a one-voxel channel of unfilled
+marrow (thin walls partial-volumed in thick slices) does not move the screw; cortical lines
+against the voxel surface (:func:`signed_distance_map`), which the smoothed one rounds off
+in the concave corners they graze. A line must keep the whole shank at least its radius
+(plus WALL_MARGIN_MM) from the surface. The cortical screw is searched over lines near its
+nominal direction (no breach, then length, then angle to nominal). The traditional screw
+is a robust fit of the pedicle axis (:func:`_consensus_line`): for each
 direction of a 2 deg grid its best-seated line through the pedicle, then the mean
 direction weighted by the seating margin and a prior of a screw parallel to the endplates,
 rather than the single best line -- in a pedicle wider than the screw the best line is a
@@ -308,7 +310,9 @@ def plan_screws(mask: Volume, regions: Volume | None = None, sides=("left", "rig
         regions = subregions(mask)
     frame = regions.meta.get("frame") or subregions(mask).meta["frame"]
     mask, regions = _crop_pair(mask, regions)
-    sdf = planning_distance_map(mask)
+    # The traditional screw is placed on the sub-voxel planning surface (issue #16); the
+    # cortical one, grazing the pars and the pedicle's concave corners, on the voxel surface.
+    sdf = planning_distance_map(mask) if trajectory == "traditional" else signed_distance_map(mask)
     plans = []
     for side in sides:
         if side not in ("left", "right"):
