@@ -485,7 +485,7 @@ def _fit_lines(sdf: Volume, passes, dirs, radius: float, length: float, tip_marg
     sd = sd.reshape(len(d_idx), len(ts))                                       # (L, T)
     core = None
     if regions is not None:
-        pts = (np.asarray(passes, float)[:, None, :] + ts[None, :, None] * np.asarray(dirs, float)[:, None, :])
+        pts = np.asarray(passes, float)[:, None, :] + ts[None, :, None] * np.asarray(dirs, float)[:, None, :]
         core = np.isin(regions.sample(pts.reshape(-1, 3), order=0, cval=0), codes)
     i0 = int(np.argmin(np.abs(ts)))
     clear = -sd - radius
@@ -590,8 +590,9 @@ def _frame_dirs(frame: dict, side: str, conv, tilt) -> np.ndarray:
     """Unit directions (N, 3) of medial convergence ``conv`` and cranial tilt ``tilt`` (deg)."""
     medial = -1.0 if side == "left" else 1.0
     c, t = np.deg2rad(np.asarray(conv, float)), np.deg2rad(np.asarray(tilt, float))
-    d = (np.cos(t) * np.cos(c))[:, None] * frame["ap_axis"] \
-        + (medial * np.cos(t) * np.sin(c))[:, None] * frame["ml_axis"] + np.sin(t)[:, None] * frame["body_axis"]
+    d = ((np.cos(t) * np.cos(c))[:, None] * frame["ap_axis"]
+         + (medial * np.cos(t) * np.sin(c))[:, None] * frame["ml_axis"]
+         + np.sin(t)[:, None] * frame["body_axis"])
     return d / np.linalg.norm(d, axis=1, keepdims=True)
 
 
@@ -727,8 +728,8 @@ def _best_screw(sdf: Volume, regions: Volume, passes, dirs, devs, side, trajecto
         for i in order[:200]:
             if len(starts) == 3:
                 break
-            if all(np.linalg.norm(passes[i] - passes[j]) > 1.5 or dirs[i] @ dirs[j] < np.cos(np.deg2rad(3.0))
-                   for j in picked):
+            if all(np.linalg.norm(passes[i] - passes[j]) > 1.5
+                   or dirs[i] @ dirs[j] < np.cos(np.deg2rad(3.0)) for j in picked):
                 picked.append(int(i))
                 starts.append(_refine(fit_lines, passes[i], dirs[i], nominal, frame, side))
         P = np.array([q for q, _ in starts])
@@ -739,9 +740,7 @@ def _best_screw(sdf: Volume, regions: Volume, passes, dirs, devs, side, trajecto
     one = fit_lines(p[None], d[None])
     t_entry, t_front = float(one["t_entry"][0]), float(one["t_front"][0])
     wall, ok = float(one["wall"][0]), bool(one["ok"][0])
-    dev = float(np.degrees(np.arccos(np.clip(d @ (nominal if nominal is not None else dirs[best]), -1, 1))))
-    if trajectory == "cortical":
-        dev = float(devs[best])
+    dev = float(devs[best])  # cortical: the searched line's angle to the nominal CBT one
     narrow = _narrow_pedicle(sdf, regions, code, side, diameter, slack)
     use = float(min(length, max(float(one["avail"][0]), 0.0)))
     if use < length - 1e-6:
