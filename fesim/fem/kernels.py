@@ -28,6 +28,12 @@ except ImportError:  # pragma: no cover - exercised when numba is absent
 #: Rows per parallel chunk of the threaded products (balances the two cores, keeps chunks in cache).
 _ROWS_PER_CHUNK = 4096
 
+#: Threaded sparse products are opt-in (``FESIM_THREADED_SPMV=1``): on the idle 2-core VM the
+#: p-multigrid CG solves took 2.2 / 8.4 s with them against 1.6 / 6.7 s with scipy's
+#: single-threaded product at 0.11 / 0.33 M unknowns (``benchmarks/solve.py``, commit after
+#: a50a3de), and under load they were slower still (each product waits for the slower thread).
+THREADED_SPMV = os.environ.get("FESIM_THREADED_SPMV") == "1"
+
 if HAVE_NUMBA:
     @njit(parallel=True, cache=True, fastmath=False)
     def _csr_matvec(indptr, indices, data, x, y):
@@ -48,7 +54,8 @@ def n_threads() -> int:
 
 
 class ThreadedCSR(spla.LinearOperator):
-    """A CSR matrix whose product with a vector runs on all cores (numba), else scipy's.
+    """A CSR matrix whose product with a vector runs on all cores (numba, with
+    :data:`THREADED_SPMV`), else scipy's.
 
     Accumulates in float64 for float64 data and in float32 for float32 data, as scipy does.
     """
@@ -61,7 +68,7 @@ class ThreadedCSR(spla.LinearOperator):
     def _matvec(self, x):
         A = self.A
         x = np.ravel(x)
-        if not HAVE_NUMBA:
+        if not (HAVE_NUMBA and THREADED_SPMV):
             return A @ x
         x = np.ascontiguousarray(x, dtype=np.result_type(A.dtype, x.dtype))
         y = np.empty(A.shape[0], dtype=x.dtype)
