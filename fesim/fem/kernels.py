@@ -2,9 +2,10 @@
 
 Everything here has a numpy/scipy equivalent that fesim uses when numba cannot be imported
 or ``FESIM_NO_NUMBA=1`` (:data:`HAVE_NUMBA` is False); the kernels only change speed, never results beyond
-round-off. Threaded kernels split rows across the cores (``numba.prange``): scipy's sparse
-matrix-vector product runs on one core, and at a million unknowns it is memory-bound, so
-the second core's memory bandwidth is the gain.
+round-off. Threaded kernels split rows across the cores (``numba.prange``): assembly, the
+in-place stiffness update and the failure measure. The threaded sparse matrix-vector product
+is opt-in (:data:`THREADED_SPMV`): scipy's single-threaded one was faster on the 2-core VM
+fesim is benchmarked on.
 """
 
 from __future__ import annotations

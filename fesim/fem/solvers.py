@@ -65,7 +65,7 @@ def pcg(A, b, M, x0=None, rtol: float = 1e-8, maxiter: int | None = None):
     positive definite).
     """
     if HAVE_NUMBA and sp.isspmatrix_csr(A):
-        A = ThreadedCSR(A)  # products on all cores; no copy
+        A = ThreadedCSR(A)  # no copy; products on all cores when opted in (kernels.THREADED_SPMV)
     b = np.asarray(b, dtype=float)
     n = b.size
     maxiter = 10 * n if maxiter is None else maxiter
