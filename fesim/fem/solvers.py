@@ -19,7 +19,6 @@ of the same pattern (``update``) reuse it. Back ends:
 from __future__ import annotations
 
 import importlib.util
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -366,7 +365,7 @@ class PMultigridSolver(LinearSolver):
     """
 
     needs_mesh = True
-    refresh_smoother = os.environ.get("FESIM_PMG_REFRESH", "1") == "1"
+    refresh_smoother = True  # False keeps the smoother of the last set-up (the scheme before 2db9554)
 
     def __init__(self, A, rtol=1e-8, maxiter=2000, near_null=None, cells=None, free=None,
                  n_nodes=None, degree=2, ratio=8.0, float32=True, coarse_cycles=4, coarse_matrix=None):
