@@ -18,6 +18,7 @@ import numpy as np
 
 from . import __version__
 from .errors import InputError
+from .fem.threads import single_blas_thread
 from .io.atomic import atomic_write_json
 from .provenance import provenance
 from .results import AnalysisResult, ScanResult
@@ -390,7 +391,7 @@ def run_scan(scan, out_dir, progress=None, longitudinal: str = "off", baseline=N
     link = None
     if longitudinal != "off":
         link = (longitudinal, load_baseline(baseline) if baseline is not None else None)
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, single_blas_thread():
         warnings.simplefilter("always")
         result = _run(scan, out_dir, opts, progress, link)
     result.warnings = sorted({str(w.message) for w in caught})

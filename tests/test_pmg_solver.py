@@ -113,3 +113,29 @@ def test_corner_matrix_is_the_galerkin_coarse_operator():
     x, info = s.solve(b)
     ref = make_solver(Kff, "direct").solve(b)[0]
     assert np.linalg.norm(x - ref) / np.linalg.norm(ref) < 1e-7 and info.iterations < 60
+
+
+def test_solves_run_with_one_blas_thread_and_restore_the_callers_setting():
+    """Multi-threaded BLAS on the CG's vector operations halved the solve speed on 2 cores
+    (fesim/fem/threads.py): set-up and solves run with one BLAS thread, the caller's count
+    comes back afterwards."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads():
+        return {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    mesh, A, b, free = _system(1)
+    seen = []
+    with threadpool_limits(limits=2, user_api="blas"):
+        s = make_solver(A.tocsr(), "amg", near_null=rigid_body_modes(mesh.points)[free])
+        inner = s._solve
+
+        def spy(*a, **k):
+            seen.append(blas_threads())
+            return inner(*a, **k)
+
+        s._solve = spy
+        s.solve(b)
+        after = blas_threads()
+    assert seen and all(n == 1 for n in seen[0].values())
+    assert all(n == 2 for n in after.values())

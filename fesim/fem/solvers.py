@@ -30,6 +30,7 @@ from ..cells import TET10_EDGES
 from ..errors import SolverError
 from ..registry import Registry
 from .kernels import HAVE_NUMBA, ThreadedCSR
+from .threads import single_blas_thread
 
 AUTO_DIRECT_MAX_DOFS = 20_000
 
@@ -153,7 +154,8 @@ class LinearSolver:
         """Set a new matrix of the same pattern; ``reuse`` keeps the preconditioner if allowed."""
         self.A = A.tocsr() if not sp.isspmatrix_csr(A) else A
         t = time.perf_counter()
-        self._setup(self.A, reuse)
+        with single_blas_thread():
+            self._setup(self.A, reuse)
         self.setup_s = time.perf_counter() - t
         self._setup_count += 1
 
@@ -165,7 +167,8 @@ class LinearSolver:
         """
         t = time.perf_counter()
         self.residual = None
-        x, it = self._solve(np.asarray(b, dtype=float), x0, self.rtol if rtol is None else rtol)
+        with single_blas_thread():
+            x, it = self._solve(np.asarray(b, dtype=float), x0, self.rtol if rtol is None else rtol)
         dt = time.perf_counter() - t
         if not np.all(np.isfinite(x)):
             raise SolverError(f"{self.name} solver produced non-finite values (singular system?)")
