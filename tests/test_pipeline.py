@@ -137,3 +137,22 @@ def test_truncated_vertebra_refused(real_data, tmp_path):
     with pytest.raises(FesimError, match="truncat"):
         run_scan(real_data / "example_ct.nii.gz", tmp_path, labels=str(real_data / "example_ct_labels.nii.gz"),
                  level="T12", calibration="internal", **FAST)
+
+
+def test_a_failed_case_write_stops_the_run_without_a_result(phantom_run, tmp_path, monkeypatch):
+    """Case files are written by a background thread while the next case is solved; a write
+    that fails (here: the first case's) is raised by run_scan, and no result.json is left."""
+    import fesim.analysis.outputs as outputs
+
+    root, ph, res = phantom_run
+    cases = []
+
+    def failing_write(out, mesh, mat, bmd, res, **kw):
+        cases.append(res.name)
+        raise OSError(f"disk full while writing {res.name}")
+
+    monkeypatch.setattr(outputs, "write_case_outputs", failing_write)
+    with pytest.raises(OSError, match="disk full while writing compression"):
+        run_scan(root / "scan" / "dicom", tmp_path / "out", **dict(FAST, screws="both"))
+    assert cases[0] == "compression" and len(cases) < 3  # stopped before the last case
+    assert not (tmp_path / "out" / "result.json").exists()

@@ -29,10 +29,12 @@ except ImportError:  # pragma: no cover - exercised when numba is absent
 #: Rows per parallel chunk of the threaded products (balances the two cores, keeps chunks in cache).
 _ROWS_PER_CHUNK = 4096
 
-#: Threaded sparse products are opt-in (``FESIM_THREADED_SPMV=1``): on the idle 2-core VM the
-#: p-multigrid CG solves took 2.2 / 8.4 s with them against 1.6 / 6.7 s with scipy's
-#: single-threaded product at 0.11 / 0.33 M unknowns (``benchmarks/solve.py``, commit after
-#: a50a3de), and under load they were slower still (each product waits for the slower thread).
+#: Threaded sparse products are opt-in (``FESIM_THREADED_SPMV=1``). The products are bound by
+#: the core's arithmetic on gathered entries, not by memory, and this VM's two cores add
+#: little: with one BLAS thread (:mod:`fesim.fem.threads`) the 0.32 M-unknown p-multigrid CG
+#: took 4.1 s threaded against 4.5 s with scipy's single-threaded product (40 % more CPU
+#: time), and under load, e.g. two study workers on two cores, each product waits for the
+#: slower thread. (Before the BLAS limit, OpenBLAS's spinning threads made them slower still.)
 THREADED_SPMV = os.environ.get("FESIM_THREADED_SPMV") == "1"
 
 if HAVE_NUMBA:
