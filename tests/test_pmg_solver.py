@@ -139,3 +139,25 @@ def test_solves_run_with_one_blas_thread_and_restore_the_callers_setting():
         after = blas_threads()
     assert seen and all(n == 1 for n in seen[0].values())
     assert all(n == 2 for n in after.values())
+
+
+def test_amg_cycles_are_pyamgs_iterate_and_diagonal_positions_gather_the_diagonal():
+    import scipy.sparse as sp
+
+    from fesim.fem import kernels
+    from fesim.fem.solvers import amg_cycles, sa_hierarchy
+
+    mesh, A, b, free = _system(1)
+    A = A.tocsr()
+    A.sort_indices()
+    ml = sa_hierarchy(A, rigid_body_modes(mesh.points)[free], max_coarse=50)
+    assert len(ml.levels) >= 2
+    for cycles in (1, 3):
+        ref = ml.solve(b, maxiter=cycles, cycle="V", tol=1e-30)
+        assert np.allclose(amg_cycles(ml, b, cycles), ref, rtol=0, atol=1e-12 * np.abs(ref).max())
+    pos = kernels.diagonal_positions(A)
+    assert np.array_equal(A.data[pos], A.diagonal())
+    no_diag = sp.csr_matrix(np.array([[0.0, 1.0], [1.0, 2.0]]))
+    no_diag.eliminate_zeros()
+    with pytest.raises(ValueError, match="diagonal"):
+        kernels.diagonal_positions(no_diag)

@@ -323,3 +323,38 @@ if HAVE_NUMBA:
                 lo = q + 2.0 * p * np.cos(phi + 2.0 * np.pi / 3.0)
             v = max(-lo / eps_c[e], hi / eps_t[e])
             r[e] = v if v > 0.0 else 0.0
+
+
+def diagonal_positions(A: sp.csr_matrix) -> np.ndarray:
+    """Index into ``A.data`` of each row's diagonal entry (a CSR matrix with sorted column
+    indices and every diagonal entry stored, as assembled stiffness matrices are), so that
+    the diagonal of a matrix of the same pattern is ``A.data[pos]``: a gather of n values,
+    where ``A.diagonal()`` scans every entry again. Raises ValueError when one is missing."""
+    n = A.shape[0]
+    if HAVE_NUMBA:
+        pos = _diagonal_positions(A.indptr, A.indices, n)
+    else:
+        rows = np.repeat(np.arange(n, dtype=A.indices.dtype), np.diff(A.indptr))
+        hit = np.nonzero(A.indices == rows)[0]
+        pos = np.full(n, -1, dtype=np.int64)
+        pos[rows[hit]] = hit
+    if n and pos.min() < 0:
+        raise ValueError("matrix has rows without a stored diagonal entry")
+    return pos
+
+
+if HAVE_NUMBA:
+    @njit(cache=True)
+    def _diagonal_positions(indptr, indices, n):
+        pos = np.full(n, -1, dtype=np.int64)
+        for r in range(n):
+            lo, hi = indptr[r], indptr[r + 1]
+            while lo < hi:  # binary search of column r in the sorted row
+                mid = (lo + hi) // 2
+                if indices[mid] < r:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            if lo < indptr[r + 1] and indices[lo] == r:
+                pos[r] = lo
+        return pos
