@@ -161,3 +161,19 @@ def test_amg_cycles_are_pyamgs_iterate_and_diagonal_positions_gather_the_diagona
     no_diag.eliminate_zeros()
     with pytest.raises(ValueError, match="diagonal"):
         kernels.diagonal_positions(no_diag)
+
+
+def test_lanczos_bound_lies_just_above_the_largest_eigenvalue():
+    """The smoother's bound must not fall below the largest eigenvalue of D^-1 A (Chebyshev
+    would amplify the modes above it) and should be tight: within 5 % here."""
+    from fesim.fem.solvers import lanczos_lmax
+
+    mesh, A, b, free = _system(1)
+    A = A.toarray()
+    d = 1.0 / np.sqrt(np.diag(A))
+    S = d[:, None] * A * d[None, :]
+    true = np.linalg.eigvalsh(S)[-1]
+    for seed in range(3):
+        lmax, vec = lanczos_lmax(lambda x: S @ x, np.random.default_rng(seed).random(S.shape[0]))
+        assert true <= lmax <= 1.05 * true
+        assert vec.shape == (S.shape[0],)
