@@ -19,11 +19,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/fesim demo --out demo_out
 
+# pytest-xdist: one process per core, each test file on one worker (module fixtures computed
+# once), long files first (tests/conftest.py XDIST_LONG_FIRST). TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
+XDIST  := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" $(XDIST)
 
 bench: $(STAMP)
 	$(PY) benchmarks/solve.py

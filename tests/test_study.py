@@ -95,6 +95,67 @@ def test_run_cohort_resume_and_rerun_one(tmp_path):
     assert len(CALLS) == 9 and rows3[0]["mesh_h_mm"] == 1.5
 
 
+def test_results_of_another_fesim_build_are_rerun(tmp_path, monkeypatch, caplog):
+    from fesim import provenance
+
+    scans = _scans(tmp_path, n_patients=2, months=(0, 12))
+    co.run_cohort(scans, tmp_path, run_one=fake_run_one)
+    rec_path = tmp_path / "scans" / "P02_m0" / "inputs.json"
+    rec = json.loads(rec_path.read_text())
+    assert rec["fesim"]["code_sha256"] == provenance.code_fingerprint()
+    # a result recorded by another build (changed fingerprint) is rerun, with one notice
+    CALLS.clear()
+    rec["fesim"]["code_sha256"] = "0" * 64
+    rec_path.write_text(json.dumps(rec))
+    with caplog.at_level("WARNING", logger="fesim"):
+        co.run_cohort(scans, tmp_path, run_one=fake_run_one)
+    assert [os.path.basename(c) for c in CALLS] == ["P02_m0"]
+    notices = [r.getMessage() for r in caplog.records if "different fesim build" in r.getMessage()]
+    assert len(notices) == 1 and "rerunning 1 scan" in notices[0]
+    # a record without a build (an older fesim) is another build too
+    CALLS.clear()
+    rec = json.loads(rec_path.read_text())
+    del rec["fesim"]
+    rec_path.write_text(json.dumps(rec))
+    co.run_cohort(scans, tmp_path, run_one=fake_run_one)
+    assert [os.path.basename(c) for c in CALLS] == ["P02_m0"]
+    # a code change (the running build's fingerprint) reruns every scan
+    CALLS.clear()
+    caplog.clear()
+    monkeypatch.setattr(provenance, "code_fingerprint", lambda: "1" * 64)
+    with caplog.at_level("WARNING", logger="fesim"):
+        co.run_cohort(scans, tmp_path, run_one=fake_run_one)
+    assert len(CALLS) == 4
+    assert any("results from a different fesim build: rerunning 4 scan" in r.getMessage()
+               for r in caplog.records)
+    # changed options rerun too, but are not called another build
+    CALLS.clear()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fesim"):
+        co.run_cohort(scans, tmp_path, run_one=fake_run_one, options={"h": 1.5})
+    assert len(CALLS) == 4 and not any("fesim build" in r.getMessage() for r in caplog.records)
+
+
+def test_code_fingerprint_follows_the_source_files():
+    from fesim import provenance
+
+    fp = provenance.code_fingerprint()
+    assert len(fp) == 64 and fp == provenance.code_fingerprint()
+    assert provenance.build_record() == {"version": __import__("fesim").__version__, "code_sha256": fp}
+    # the same hash over the package's .py files, recomputed here: any edit changes it
+    import hashlib
+    from pathlib import Path
+
+    root = Path(provenance.__file__).resolve().parent
+    files = sorted((f for f in root.rglob("*.py") if "__pycache__" not in f.parts),
+                   key=lambda f: f.relative_to(root).as_posix())
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    assert h.hexdigest() == fp
+    assert len(files) > 50 and any(f.name == "cohort.py" for f in files)
+
+
 def test_run_cohort_failure_isolation(tmp_path):
     scans = _scans(tmp_path, n_patients=2, months=(0, 12))
     scans[1]["fail"] = True

@@ -25,12 +25,15 @@ from fesim.study.cohort import RESULT_KEYS
 from study_helpers import (QUICK_RUN, worker_env, write_manifest, write_options,
                            write_phantom_scans)
 
-#: Kill times as fractions of the uninterrupted run's wall time (12 kill points). A killed
-#: scan restarts from scratch, so a run finishes scans only when it outlives start-up plus
-#: one scan (about half the uninterrupted run): short kills first, then one late kill that
-#: lands with some scans done, then short ones again, so that most kills land before the
-#: study completes whatever the machine's speed.
-KILL_FRACTIONS = (0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.22, 0.3, 0.7, 0.05, 0.12, 0.2)
+#: Kill points (12): times as fractions of the uninterrupted run's wall time, and one kill
+#: the moment the run has finished a scan (:data:`AFTER_A_SCAN`). A killed scan restarts from
+#: scratch, so a run finishes scans only when it outlives start-up plus one scan (about half
+#: the uninterrupted run): short kills first, then the kill after a scan, which lands with some
+#: scans done whatever the machine's load (a late time, 0.7, missed it when the reruns ran
+#: slower than the timed run, e.g. beside other test workers), then short ones again, so that
+#: most kills land before the study completes whatever the machine's speed.
+AFTER_A_SCAN = "after a scan"
+KILL_FRACTIONS = (0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.22, 0.3, AFTER_A_SCAN, 0.05, 0.12, 0.2)
 
 
 def _visible(root: Path):
@@ -73,13 +76,15 @@ def _check_complete(path: Path) -> str | None:
     return None
 
 
-def _run(args, cwd, kill_after=None, poll=None):
+def _run(args, cwd, kill_after=None, poll=None, kill_when=None):
+    """Run the CLI; SIGKILL its process group at ``kill_after`` s or once ``kill_when()``."""
     proc = subprocess.Popen([sys.executable, "-m", "fesim", *args], cwd=cwd, env=worker_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     t0 = time.monotonic()
     try:
         while proc.poll() is None:
-            if kill_after is not None and time.monotonic() - t0 >= kill_after:
+            if (kill_after is not None and time.monotonic() - t0 >= kill_after) or \
+                    (kill_when is not None and kill_when()):
                 os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its worker processes
                 break
             if poll is not None:
@@ -130,12 +135,17 @@ def test_sigkill_at_staggered_times_then_rerun_matches_uninterrupted(tmp_path):
 
     for frac in KILL_FRACTIONS:
         before = _done_scans(work)
-        rc, out, err, t = _run(["study", *args, "killed"], tmp_path, kill_after=frac * t_full, poll=poll)
+        if frac == AFTER_A_SCAN:
+            rc, out, err, t = _run(["study", *args, "killed"], tmp_path, poll=poll,
+                                   kill_when=lambda: len(_done_scans(work)) > len(before))
+        else:
+            rc, out, err, t = _run(["study", *args, "killed"], tmp_path, kill_after=frac * t_full,
+                                   poll=poll)
         poll()
         after = _done_scans(work)
         # a scan finished before this run is never recomputed by it
         redone = [k for k, v in before.items() if after.get(k) != v]
-        history.append({"kill_s": round(frac * t_full, 1), "rc": rc, "done_before": len(before),
+        history.append({"kill_s": round(t, 1), "at": frac, "rc": rc, "done_before": len(before),
                         "done_after": len(after), "redone": redone})
         assert not redone, history
     assert not problems, problems[:10]

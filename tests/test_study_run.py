@@ -249,6 +249,20 @@ def test_demo_takes_any_cohort_generator(tmp_path):
     assert again["rows"] == res["rows"]
 
 
+def test_demo_images_of_another_fesim_build_are_written_anew(tmp_path, monkeypatch):
+    from fesim import provenance
+    from fesim.study.demo import write_demo_inputs
+
+    scans = write_demo_inputs(tmp_path, n_patients=2, months=(0, 12), cohort=_cohort)
+    image = tmp_path / "inputs" / "Q1_m12" / "ct.nii"
+    image.write_text("marker")          # left alone by a rerun of the same build
+    assert write_demo_inputs(tmp_path, n_patients=2, months=(0, 12), cohort=_cohort) == scans
+    assert image.read_text() == "marker"
+    monkeypatch.setattr(provenance, "code_fingerprint", lambda: "1" * 64)
+    assert write_demo_inputs(tmp_path, n_patients=2, months=(0, 12), cohort=_cohort) == scans
+    assert image.read_text() == "11"
+
+
 def _random_result(path, out_dir, **kw):
     res = fake_run_one(path, out_dir)
     res["draw"] = float(np.random.rand())

@@ -11,6 +11,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from fesim.errors import SegmentationError
+from fesim.imaging.components import largest_component
 from fesim.imaging.volume import Volume, crop
 
 #: Sub-region codes of :func:`subregions`' map (0: not bone). One owner: every module that
@@ -276,11 +277,7 @@ def _fill(mask: np.ndarray, k_ax: int) -> np.ndarray:
     for ax in range(3):
         if ax != k_ax:
             out = _fill_slices(out, ax)
-    out = ndi.binary_fill_holes(out)
-    lab, m = ndi.label(out, structure=_BALL26)
-    if m > 1:
-        out = lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1)
-    return out
+    return largest_component(ndi.binary_fill_holes(out))
 
 
 def _pick_component(image: Volume, comp: np.ndarray, n: int, seed_lps) -> int:
@@ -461,9 +458,7 @@ def _body_and_frame(mask: Volume, body_axis=None):
     in_slab = (w >= cw.min() - half - 1e-6) & (w <= cw.max() + half + 1e-6)
     body = np.zeros_like(m)
     body[tuple(np.argwhere(m)[in_foot & in_slab].T)] = True
-    lab, n = ndi.label(body, structure=_BALL26)
-    if n > 1:
-        body = lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1)
+    body = largest_component(body)
 
     bpts = _points(mask, body)
     bc = bpts.mean(axis=0)

@@ -43,6 +43,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from fesim.errors import SegmentationError
+from fesim.imaging.components import largest_component
 from fesim.imaging.volume import Volume
 
 _BALL26 = np.ones((3, 3, 3), bool)
@@ -455,10 +456,7 @@ def identify_vertebrae(volume: Volume) -> dict[str, Level]:
         if not 0 <= base + i < len(ladder):
             continue
         name = ladder[base + i]
-        m = ws == i + 1
-        lab, n = ndi.label(m, structure=_BALL26)
-        if n > 1:
-            m = lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1)
+        m = largest_component(ws == i + 1)
         ends = []
         if i > 0:
             ends.append(col.disc_score[za - 1])
@@ -572,10 +570,7 @@ def isolate_at_seed(volume: Volume, seed_lps) -> Volume:
         if near.size == 0 or d.min() > 10.0:
             raise SegmentationError(f"no vertebra within 10 mm of the seed point {seed.tolist()} (LPS mm)")
         v = int(lab[tuple(near[int(np.argmin(d))])])
-    m = lab == v
-    comp, n = ndi.label(m, structure=_BALL26)
-    if n > 1:  # specks cut off by the rim trimming
-        m = comp == (np.argmax(np.bincount(comp.ravel())[1:]) + 1)
+    m = largest_component(lab == v)  # without specks cut off by the rim trimming
     out = volume.with_data(m.astype(np.uint8), units="label", kind="mask")
     out.meta.update(identified="seed", volume_ml=float(m.sum()) * volume.voxel_volume_mm3 / 1000.0)
     return out

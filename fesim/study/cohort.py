@@ -13,7 +13,9 @@ Layout of ``out_dir``::
 
 A scan whose ``result.json`` is valid (:meth:`fesim.results.ScanResult.from_json`: every key
 of :data:`~fesim.results.RESULT_KEYS`, values of the right kind) and whose ``inputs.json``
-matches the current inputs is not rerun.
+matches the current inputs is not rerun. The inputs include the fesim build (version and
+:func:`fesim.provenance.code_fingerprint`), so results of another build of fesim's code are
+rerun, with one notice per run saying so.
 
 No partial file is ever visible: each scan runs in a hidden staging folder
 (``scans/.partial-<random>/<scan_id>``) which is renamed to ``scans/<scan_id>`` once the scan
@@ -229,23 +231,31 @@ def read_valid_result(path) -> ScanResult | None:
 
 
 def _inputs_record(scan: Scan, options: dict) -> dict:
+    from fesim.provenance import build_record
+
     # round-trip through JSON so that the comparison on resume sees the same types
-    rec = {"path": scan.path, "options": options, "extra": scan.extra}
+    rec = {"path": scan.path, "options": options, "extra": scan.extra, "fesim": build_record()}
     return json.loads(json.dumps(rec, default=_json_default, sort_keys=True))
 
 
-def _is_done(scan_dir: Path, scan: Scan, options: dict) -> dict | None:
+def _is_done(scan_dir: Path, scan: Scan, options: dict) -> tuple[ScanResult | None, str | None]:
+    """``(result, None)`` for a finished scan to reuse, else ``(None, why)``: ``"build"`` when
+    only the fesim build differs (or was not recorded), ``"inputs"`` or ``"result"`` otherwise."""
     res = read_valid_result(scan_dir / "result.json")
     if res is None:
-        return None
+        return None, "result"
     inputs = scan_dir / "inputs.json"
     if inputs.exists():
         try:
-            if json.loads(inputs.read_text(encoding="utf-8")) != _inputs_record(scan, options):
-                return None
+            rec = json.loads(inputs.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            return None
-    return res
+            return None, "inputs"
+        now = _inputs_record(scan, options)
+        if rec != now:
+            same_inputs = isinstance(rec, dict) and {k: v for k, v in rec.items() if k != "fesim"} \
+                == {k: v for k, v in now.items() if k != "fesim"}
+            return None, "build" if same_inputs else "inputs"
+    return res, None
 
 
 def _scan_log(path: Path) -> logging.Handler:
@@ -517,13 +527,17 @@ def run_cohort(scans, out_dir, run_one=None, backend: str = "local", n_workers: 
     for stale in (out_dir / "scans").glob(_STAGING + "*"):  # left by a killed run
         shutil.rmtree(stale, ignore_errors=True)
 
-    results, failures, todo = {}, {}, []
+    results, failures, todo, n_other_build = {}, {}, [], 0
     for s in scans:
-        res = _is_done(out_dir / "scans" / s.scan_id, s, options)
+        res, why = _is_done(out_dir / "scans" / s.scan_id, s, options)
         if res is None:
             todo.append(s)
+            n_other_build += why == "build"
         else:
             results[s.scan_id] = res
+    if n_other_build:
+        log.warning("results from a different fesim build: rerunning %d scan(s) (%s)",
+                    n_other_build, out_dir)
     ids = {s.scan_id: s for s in todo}
     # a follow-up waits for its baseline only when that still has to run
     after = {b: [ids[f] for f in fs if f in ids] for b, fs in follow.items() if b in ids}

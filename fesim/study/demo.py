@@ -16,10 +16,13 @@ its ``phantom_seed`` and ``density_scale`` is written.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import inspect
 import json
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -67,24 +70,38 @@ def _write_image(spec, folder: Path, spacing_mm) -> str:
     return str(folder / "dicom")
 
 
-def _prepare(spec, folder: Path, spacing_mm) -> dict:
-    """Write one visit's image (unless a previous run did) and return its scan dict.
+def _image_key(spec, spacing_mm) -> dict:
+    """What one visit's image depends on: the fesim build (the generator is fesim code), the
+    voxel size and, for a dataclass spec (whose repr is its fields), the spec."""
+    from fesim.provenance import build_record
 
-    ``folder/.complete`` records the scan dict (JSON) once the image is written.
+    key = {"fesim": build_record(), "spacing_mm": [float(v) for v in spacing_mm]}
+    if dataclasses.is_dataclass(spec):
+        key["spec_sha256"] = hashlib.sha256(repr(spec).encode("utf-8")).hexdigest()
+    return key
+
+
+def _prepare(spec, folder: Path, spacing_mm) -> dict:
+    """Write one visit's image (unless a previous run wrote it with the same key) and return
+    its scan dict.
+
+    ``folder/.complete`` records the scan dict and :func:`_image_key` (JSON) once the image is
+    written; an image of another fesim build, voxel size or spec is written anew.
     """
-    done = folder / ".complete"
+    done, key = folder / ".complete", _image_key(spec, spacing_mm)
     if done.exists():
-        text = done.read_text(encoding="utf-8").strip()
         try:
-            return json.loads(text)
+            rec = json.loads(done.read_text(encoding="utf-8"))
         except ValueError:  # an older demo folder: the path only
-            path = text
-    else:
-        path = _write_image(spec, folder, spacing_mm)
+            rec = None
+        if isinstance(rec, dict) and rec.get("key") == key:
+            return rec["scan"]
+        shutil.rmtree(folder)
+    path = _write_image(spec, folder, spacing_mm)
     scan = spec.as_scan(path)
     for k in ("density_scale", "phantom_seed"):
         scan.pop(k, None)
-    done.write_text(json.dumps(scan), encoding="utf-8")
+    done.write_text(json.dumps({"scan": scan, "key": key}), encoding="utf-8")
     return scan
 
 
@@ -93,7 +110,8 @@ def write_demo_inputs(out: Path, n_patients: int = 21, months=(0, 12, 24), seed:
                       progress=None, n_workers: int = 1) -> list[dict]:
     """Write one image per simulated visit under ``out/inputs``; returns the scan list.
 
-    Images already written (a previous, interrupted demo) are reused. With ``n_workers > 1``
+    Images already written by the same fesim build with the same spec and voxel size (a
+    previous, interrupted demo) are reused; others are written anew. With ``n_workers > 1``
     the images (and the simulated DXA exams) are made in that many processes.
     """
     from fesim.progress import Progress
