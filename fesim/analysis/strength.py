@@ -335,7 +335,7 @@ class _State:
 def run_strength(mesh: TetMesh, E0: np.ndarray, nu: np.ndarray, case: LoadCase,
                  fm: FailureModel | None = None, settings: StrengthSettings | None = None, *,
                  assembler=None, can_fail: np.ndarray | None = None, progress=None,
-                 **changes) -> StrengthResult:
+                 trace: list | None = None, **changes) -> StrengthResult:
     """Trace the force-displacement curve of ``case`` through its peak.
 
     Parameters
@@ -349,6 +349,9 @@ def run_strength(mesh: TetMesh, E0: np.ndarray, nu: np.ndarray, case: LoadCase,
         ``fm``'s yield strains may then be per-element arrays (M,).
     progress : callable, optional
         Called after every load step as ``progress(step, max_steps, force_N)``.
+    trace : list, optional
+        Receives one dict per linear solve: solve and step number, displacement (fraction of
+        ``delta_q``), force (N), CG iterations, yielded fraction of the bone volume.
     **changes : individual settings overriding those of ``settings``
         (:meth:`StrengthSettings.replace`), e.g. ``max_steps=0``.
     """
@@ -384,9 +387,14 @@ def run_strength(mesh: TetMesh, E0: np.ndarray, nu: np.ndarray, case: LoadCase,
         r0 = r.copy()
         for idx, W in avg:
             r[idx] = W @ r0[idx]
+        if trace is not None:
+            trace.append(dict(solve=n_solves, step=step_no, delta=delta / delta_q,
+                              force=delta * force, cg=sol.info.iterations,
+                              yielded=float(vol[bone & (f < 1.0 - 1e-9)].sum() / vol[bone].sum())))
         return sol.u, force, r, sed * vol, f.copy()  # element strain energies, mJ
 
     factor = np.ones(mesh.n_elements)  # secant modulus / initial modulus, last converged step
+    delta, delta_q, step_no = 1.0, 1.0, 0
     sol = solve_unit(factor)
     u1, stiffness, r1 = sol[0], sol[1], sol[2]
     t_linear = time.perf_counter() - t0
@@ -407,6 +415,7 @@ def run_strength(mesh: TetMesh, E0: np.ndarray, nu: np.ndarray, case: LoadCase,
     vol_bone = vol[bone].sum()
     delta, h_prev, refined, rising = 0.0, h, False, True
     for step in range(1, st.max_steps + 1):
+        step_no = step
         delta += h
         u_unit, F_unit, r_unit, w_unit, f_sol = sol
         r_start = r_unit
