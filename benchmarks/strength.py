@@ -63,6 +63,7 @@ def main(argv=None):
                     help="print every solve: step, displacement / delta_q, force, CG iterations, yielded volume")
     ap.add_argument("--no-linear", action="store_true",
                     help="skip the timed linear solve of each case (solve counts and strengths only)")
+    ap.add_argument("--timings", action="store_true", help="print each analysis's timing breakdown (s)")
     ap.add_argument("--cases", default=None, help="comma-separated case names (default: all)")
     ap.add_argument("--reference", action="store_true",
                     help="also run fixed 0.1 steps without extrapolation and print the peak change")
@@ -80,7 +81,7 @@ def main(argv=None):
     tot_lin = tot_nl = 0.0
     if args.cases:
         cases = [c for c in cases if c.name in args.cases.split(",")]
-    traces = {}
+    traces, timings = {}, {}
     for case in cases:
         t = time.perf_counter()
         if not args.no_linear:
@@ -94,6 +95,7 @@ def main(argv=None):
         r = run_strength(mesh, mat.E, mat.nu, case, settings=settings, assembler=Assembler(mesh.points, mesh.cells),
                          trace=tr, **extra)
         t_nl = time.perf_counter() - t
+        timings[case.name] = r.timings_s
         tot_lin, tot_nl = tot_lin + t_lin, tot_nl + t_nl
         ref = ""
         if args.reference:
@@ -103,6 +105,9 @@ def main(argv=None):
             ref = f"{r0.n_solves:>11}{r0.strength_N:>9.1f}{100 * (r.strength_N / r0.strength_N - 1):>7.2f}%"
         print(f"{case.name:<15}{t_lin:>10.2f}{t_nl:>13.2f}{t_nl / t_lin:>8.1f}{r.n_solves:>8}{r.cg_iterations:>7}"
               f"{r.n_steps:>7}{r.converged_steps:>6}{r.strength_N:>12.1f}{r.surrogate_strength_N:>13.0f}{ref}")
+    if args.timings:
+        for name, tm in timings.items():
+            print(name, " ".join(f"{k} {v:.2f}" for k, v in tm.items()))
     if args.trace:
         for name, tr in traces.items():
             print(f"\n{name}: {'solve':>5}{'step':>5}{'delta/dq':>9}{'force N':>10}{'CG':>4}{'yielded %':>10}")

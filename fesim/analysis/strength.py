@@ -50,6 +50,14 @@ Solution strategy
       trial commits no damage (the running minimum that keeps damage irreversible starts
       after its solve). It saved no solves on the phantom compression and moved its peak
       by -1.4 % (``benchmarks/RESULTS.md``).
+    * *volume criterion near failure* (``tol_changed_from``, default 0.8): the changed volume
+      that ``tol_changed`` bounds counts only elements whose failure measure has reached 0.8 of
+      the ratio where their stress starts to fall. Moduli of yielded but still perfectly
+      plastic elements change smoothly, and the energy predictor (``tol_force``) accounts for
+      them; where elements fail, stress redistributes in a cascade that the first-order
+      predictor underestimates, and the volume criterion is what holds the peak there. On the
+      phantom at 3 mm it saved 8 of 29 solves of the compression, 6 of 34 of a pullout
+      (peaks +0.05 %, +0.4 %; ``benchmarks/RESULTS.md``).
     * *adaptive increments* (``max_step_fraction``, ``step_growth``, ``min_step_fraction``,
       off): the increment grows after steps converged with at most one solve and halves
       after hard steps; a coarse step past the peak returns to the step before the peak and
@@ -250,6 +258,10 @@ class StrengthSettings:
     tol_changed : a step is converged when less than this fraction of the bone volume would
         change its modulus by more than ``tol_modulus``...
     tol_force : ... and the predicted relative force change is below this
+    tol_changed_from : the volume counted by ``tol_changed`` is that of elements whose failure
+        measure has reached this fraction of the ratio where their stress starts to fall
+        (``fail_ratio``; 1, the yield, with softening); 0 counts every element (the scheme up
+        to commit 3b19690)
     tol_modulus : relative modulus change counted by ``tol_changed``
     stop_drop : stop once the force has fallen this fraction below the peak
     surrogate_fraction : bone volume fraction yielded at the surrogate strength
@@ -267,6 +279,7 @@ class StrengthSettings:
     min_step_fraction: float | None = None
     step_growth: float = 1.0
     extrapolate: bool = False
+    tol_changed_from: float = 0.8
     stop_early: bool = True
     max_iter: int = 10
     tol_changed: float = 2e-3
@@ -405,6 +418,7 @@ def run_strength(mesh: TetMesh, E0: np.ndarray, nu: np.ndarray, case: LoadCase,
     h_min, h_max = (f * delta_q for f in st.step_range)
 
     rmax = np.zeros(mesh.n_elements)  # largest failure measure each element has reached
+    r_soft = 1.0 if fm.softening > 0 else fm.fail_ratio  # where the stress starts falling
     r_prev = sol[2]
     curve_d, curve_f = [0.0], [0.0]
     peak = (0.0, 0.0, u1 * 0, factor.copy(), r1 * 0)
@@ -435,7 +449,10 @@ def run_strength(mesh: TetMesh, E0: np.ndarray, nu: np.ndarray, case: LoadCase,
             if not (extrap and it == 0):  # an extrapolated trial commits no damage
                 running = new
             dF = float((rel * w_unit).sum() / max(w_unit.sum(), 1e-300))
-            frac = vol[bone & (np.abs(rel) > st.tol_modulus)].sum() / vol_bone
+            big = bone & (np.abs(rel) > st.tol_modulus)
+            if st.tol_changed_from > 0:
+                big &= delta * r_try >= st.tol_changed_from * r_soft
+            frac = vol[big].sum() / vol_bone
             if abs(dF) <= st.tol_force and frac <= st.tol_changed:
                 ok = True
                 break
