@@ -24,7 +24,8 @@ Solution strategy
     current solution (``dF/F = sum(dE_e/E_e U_e) / sum(U_e)``: the potential energy is
     stationary in the free unknowns); the step is converged, without that solve, when the
     prediction is below ``tol_force`` and less than ``tol_changed`` of the bone volume would
-    lose more than ``tol_modulus`` (2 %) of its modulus. Every solve reuses the sparsity
+    lose more than ``tol_modulus`` (2 %) of its modulus (counting elements near failure only,
+    ``tol_changed_from``). Every solve reuses the sparsity
     pattern, updates only the changed elements' entries in place (one compiled pass over
     their nodes' rows), computes the failure measure in one compiled pass from the cached
     barycentric gradients, keeps the preconditioner (its smoother follows the new moduli)
@@ -55,9 +56,9 @@ Solution strategy
       the ratio where their stress starts to fall. Moduli of yielded but still perfectly
       plastic elements change smoothly, and the energy predictor (``tol_force``) accounts for
       them; where elements fail, stress redistributes in a cascade that the first-order
-      predictor underestimates, and the volume criterion is what holds the peak there. On the
-      phantom at 3 mm it saved 8 of 29 solves of the compression, 6 of 34 of a pullout
-      (peaks +0.05 %, +0.4 %; ``benchmarks/RESULTS.md``).
+      predictor underestimates, and the volume criterion is what holds the peak there. For
+      the three analyses of the phantom at 3 mm: 93 -> 71 solves, peaks +0.05 to +0.66 %;
+      real L4 at 3 mm: 70 -> 58 solves, peaks +0.04 to +0.27 % (``benchmarks/RESULTS.md``).
     * *adaptive increments* (``max_step_fraction``, ``step_growth``, ``min_step_fraction``,
       off): the increment grows after steps converged with at most one solve and halves
       after hard steps; a coarse step past the peak returns to the step before the peak and
@@ -279,11 +280,11 @@ class StrengthSettings:
     min_step_fraction: float | None = None
     step_growth: float = 1.0
     extrapolate: bool = False
-    tol_changed_from: float = 0.8
     stop_early: bool = True
     max_iter: int = 10
     tol_changed: float = 2e-3
     tol_force: float = 5e-3
+    tol_changed_from: float = 0.8
     tol_modulus: float = 0.02
     stop_drop: float = 0.05
     surrogate_fraction: float = 0.02
