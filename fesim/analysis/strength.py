@@ -51,14 +51,15 @@ Solution strategy
       trial commits no damage (the running minimum that keeps damage irreversible starts
       after its solve). It saved no solves on the phantom compression and moved its peak
       by -1.4 % (``benchmarks/RESULTS.md``).
-    * *volume criterion near failure* (``tol_changed_from``, default 0.8): the changed volume
-      that ``tol_changed`` bounds counts only elements whose failure measure has reached 0.8 of
+    * *volume criterion near failure* (``tol_changed_from``, default 0.6): the changed volume
+      that ``tol_changed`` bounds counts only elements whose failure measure has reached 0.6 of
       the ratio where their stress starts to fall. Moduli of yielded but still perfectly
       plastic elements change smoothly, and the energy predictor (``tol_force``) accounts for
       them; where elements fail, stress redistributes in a cascade that the first-order
       predictor underestimates, and the volume criterion is what holds the peak there. For
-      the three analyses of the phantom at 3 mm: 93 -> 71 solves, peaks +0.05 to +0.66 %;
-      real L4 at 3 mm: 70 -> 58 solves, peaks +0.04 to +0.27 % (``benchmarks/RESULTS.md``).
+      the three analyses of the phantom: 93 -> 83 solves at 3 mm, 98 -> 88 at 2 mm; real L4
+      at 3 mm: 70 -> 61; peaks within 0.05 % (``benchmarks/RESULTS.md``; 0.8 saved more,
+      93 -> 71 and 98 -> 79, but moved the 2 mm compression peak by +1.1 %).
     * *adaptive increments* (``max_step_fraction``, ``step_growth``, ``min_step_fraction``,
       off): the increment grows after steps converged with at most one solve and halves
       after hard steps; a coarse step past the peak returns to the step before the peak and
@@ -284,7 +285,7 @@ class StrengthSettings:
     max_iter: int = 10
     tol_changed: float = 2e-3
     tol_force: float = 5e-3
-    tol_changed_from: float = 0.8
+    tol_changed_from: float = 0.6
     tol_modulus: float = 0.02
     stop_drop: float = 0.05
     surrogate_fraction: float = 0.02
