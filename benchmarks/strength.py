@@ -2,7 +2,8 @@
 
     python benchmarks/strength.py [--mesh-size 2.0] [--screw-mesh-size 1.0] [--order 2]
                                   [--accuracy standard|screening] [--correction-rtol 0.5]
-                                  [--set NAME=VALUE ...] [--reference]
+                                  [--set NAME=VALUE ...] [--reference] [--trace] [--timings]
+                                  [--no-linear] [--cases compression,pullout_left,...]
 
 Builds the phantom L4 (osteoporotic, density scale 0.65) with planned screws at the given
 mesh sizes, times one complete linear solve (pattern, assembly, solver set-up, solve) of each
@@ -11,6 +12,9 @@ solves and CG iterations used, wall time, ratio to one linear solve, strength an
 ``--set`` changes single :class:`~fesim.analysis.strength.StrengthSettings` (e.g.
 ``--set extrapolate=False``); ``--reference`` also runs fixed steps without extrapolation
 (the ``standard`` preset up to commit a5d6f08) and prints the change of each peak.
+``--trace`` prints every solve of each analysis (step, displacement / delta_q, force, CG
+iterations, yielded volume); ``--no-linear`` skips the timed linear solves when only solve
+counts and strengths are wanted.
 """
 
 from __future__ import annotations
@@ -59,6 +63,12 @@ def main(argv=None):
                     help="residual reduction of the warm-started secant solves (default: run_strength's)")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="one strength setting (value as JSON: 0.2, true, ...)")
+    ap.add_argument("--trace", action="store_true",
+                    help="print every solve: step, displacement / delta_q, force, CG iterations, yielded volume")
+    ap.add_argument("--no-linear", action="store_true",
+                    help="skip the timed linear solve of each case (solve counts and strengths only)")
+    ap.add_argument("--timings", action="store_true", help="print each analysis's timing breakdown (s)")
+    ap.add_argument("--cases", default=None, help="comma-separated case names (default: all)")
     ap.add_argument("--reference", action="store_true",
                     help="also run fixed 0.1 steps without extrapolation and print the peak change")
     args = ap.parse_args(argv)
@@ -73,17 +83,23 @@ def main(argv=None):
     print(head)
     print("-" * len(head))
     tot_lin = tot_nl = 0.0
+    if args.cases:
+        cases = [c for c in cases if c.name in args.cases.split(",")]
+    traces, timings = {}, {}
     for case in cases:
         t = time.perf_counter()
-        m = Model(mesh, mat.E, mat.nu)
-        case.apply(m)
-        StaticProblem(m, solver=args.solver, rtol=1e-8).solve()
-        t_lin = time.perf_counter() - t
+        if not args.no_linear:
+            m = Model(mesh, mat.E, mat.nu)
+            case.apply(m)
+            StaticProblem(m, solver=args.solver, rtol=1e-8).solve()
+        t_lin = time.perf_counter() - t if not args.no_linear else float("nan")
         t = time.perf_counter()
         extra = {} if args.correction_rtol is None else {"correction_rtol": args.correction_rtol}
+        traces[case.name] = tr = []
         r = run_strength(mesh, mat.E, mat.nu, case, settings=settings, assembler=Assembler(mesh.points, mesh.cells),
-                         **extra)
+                         trace=tr, **extra)
         t_nl = time.perf_counter() - t
+        timings[case.name] = r.timings_s
         tot_lin, tot_nl = tot_lin + t_lin, tot_nl + t_nl
         ref = ""
         if args.reference:
@@ -93,6 +109,15 @@ def main(argv=None):
             ref = f"{r0.n_solves:>11}{r0.strength_N:>9.1f}{100 * (r.strength_N / r0.strength_N - 1):>7.2f}%"
         print(f"{case.name:<15}{t_lin:>10.2f}{t_nl:>13.2f}{t_nl / t_lin:>8.1f}{r.n_solves:>8}{r.cg_iterations:>7}"
               f"{r.n_steps:>7}{r.converged_steps:>6}{r.strength_N:>12.1f}{r.surrogate_strength_N:>13.0f}{ref}")
+    if args.timings:
+        for name, tm in timings.items():
+            print(name, " ".join(f"{k} {v:.2f}" for k, v in tm.items()))
+    if args.trace:
+        for name, tr in traces.items():
+            print(f"\n{name}: {'solve':>5}{'step':>5}{'delta/dq':>9}{'force N':>10}{'CG':>4}{'yielded %':>10}")
+            for e in tr:
+                print(f"{'':<{len(name) + 2}}{e['solve']:>5}{e['step']:>5}{e['delta']:>9.3f}{e['force']:>10.1f}"
+                      f"{e['cg']:>4}{100 * e['yielded']:>10.3f}")
     n_lin = tot_lin / len(cases)
     print(f"all {len(cases)} analyses: {tot_nl:.1f} s = {tot_nl / n_lin:.1f} x one linear solve "
           f"(compression + one pullout: {(tot_nl / len(cases) * 2) / n_lin:.1f} x, averaged)")
