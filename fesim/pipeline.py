@@ -192,6 +192,9 @@ def segment(bmd: Volume, opts: RunOptions, hu: Volume | None = None) -> tuple[Vo
     otherwise the level is found by counting from the sacrum
     (:func:`fesim.imaging.vertebrae.isolate_level`). A scan holding a single vertebra and no
     column to count along (the synthetic phantom) is taken as ``opts.level`` with a warning.
+    The surface of a label-map, seed-point or identified mask is then placed by one
+    partial-volume rule, whatever drew it (:func:`fesim.imaging.segmentation.refine_surface`;
+    the threshold segmentation of a single vertebra places its own by the local level).
     Every mask, whatever its source, passes :func:`fesim.imaging.vertebrae.check_vertebra_mask`.
     Returns the mask and the label map on the CT grid (None without one).
     """
@@ -216,16 +219,21 @@ def segment(bmd: Volume, opts: RunOptions, hu: Volume | None = None) -> tuple[Vo
             faces = ", ".join(mask.meta.get("truncated_faces") or []) or "image border"
             raise SegmentationError(f"vertebra {opts.label_values or opts.level} is truncated: it is cut by "
                                     f"the image border ({faces}); a partial vertebra cannot be analysed")
+        other = (labels.data != 0) & ~np.isin(labels.data, sorted(mask.meta["label_values"]))
+        mask = seg.refine_surface(bmd, mask, other_bone=other)
         _check(mask, None if opts.label_values else opts.level, "label-map mask")
         return mask, labels
     image = hu if hu is not None else bmd
     if opts.seed_point is not None:
-        mask = vt.isolate_at_seed(image, opts.seed_point)
+        mask, others = vt.isolate_at_seed(image, opts.seed_point, with_others=True)
+        if others is not None:
+            mask = seg.refine_surface(image, mask, other_bone=others)
         seed = ", ".join(f"{float(c):g}" for c in opts.seed_point)
         _check(mask, None, f"vertebra at seed point ({seed}) mm LPS")
         return mask, None
     try:
-        mask = vt.isolate_level(image, opts.level)
+        mask, others = vt.isolate_level(image, opts.level, with_others=True)
+        mask = seg.refine_surface(image, mask, other_bone=others)
         source = f"automatic {opts.level} mask"
     except vt.VertebraIdentificationError as exc:
         if not vt.single_vertebra_in_view(image):

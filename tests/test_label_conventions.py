@@ -55,10 +55,14 @@ def test_real_verse_and_totalseg_maps_of_l4_without_convention(real_data, tmp_pa
     assert dice(mask_from_labels(ts, v_ts), mask_from_labels(verse, v_verse)) == 1.0
     # The same through the pipeline's segmentation stage (what `fesim run --labels` calls).
     ct = read_nifti(real_data / "example_ct.nii.gz")
+    masks = []
     for path in (real_data / "example_ct_labels.nii.gz", verse_path):
         mask, _ = segment(ct, RunOptions(labels=str(path), level="L4"))
         assert mask.meta["label_values"] in ([28], [23])
-        assert abs(mask.meta["volume_ml"] - (ts.data == 28).sum() * 27e-3) < 1e-6
+        masks.append(mask.data)
+        # the label's voxels, their surface placed by the partial-volume rule (refine_surface)
+        assert abs(mask.meta["volume_ml"] / ((ts.data == 28).sum() * 27e-3) - 1.0) < 0.05
+    assert np.array_equal(masks[0], masks[1])
     # Stored with the slice axis reversed: the order along the spine is in world coordinates.
     assert detect_convention(_flip_k(verse)).name == "verse"
     # A VerSe map given as TotalSegmentator is still refused (the override is an override).

@@ -164,13 +164,12 @@ def test_cli_seed_point_flag():
 @pytest.mark.slow
 def test_real_l4_strengths_without_labels_match_the_label_map(tmp_path):
     """fesim run at L4 without labels against the label map (coarse: 3 mm mesh, screening,
-    one screw; about 5-10 min). Compression within 5 % (measured -1.1 %). Pullout within
-    12 % only (measured +10.8 %; the issue asks for 5 %): the planned screws now agree
-    (1.7 degrees, axes 1.6 mm apart at the entry, planning surface and consensus direction
-    of fesim.imaging.planning), and the two masks are voxel for voxel the same within 6.5 mm
-    of the screw axis, but given the label map's very screw the automatic mask still gives
-    +13.4 %: the gap is the masks' difference away from the screw (partial-volume rim,
-    missed low-density voxels; docs/identification.md), not the plan."""
+    one screw; about 5-10 min): both within 5 %. Measured -1.4 % compression, -3.1 % pullout
+    since every mask's surface is placed by one partial-volume rule
+    (fesim.imaging.segmentation.refine_surface); before it -1.1 % and +10.8 %: the label map
+    kept a low-density rim (median 111 HU) at the body's posterior wall that the
+    identification trims, and that rim alone moved the pullout by 13 % with the same screw
+    and supports (docs/identification.md)."""
     from conftest import real_data_dir
     from fesim.pipeline import run_scan
 
@@ -182,4 +181,4 @@ def test_real_l4_strengths_without_labels_match_the_label_map(tmp_path):
     rel = {k: auto[k] / ref[k] - 1.0 for k in ("compression_strength_N", "pullout_strength_N")}
     print({k: f"{v:+.1%}" for k, v in rel.items()})
     assert abs(rel["compression_strength_N"]) <= 0.05
-    assert abs(rel["pullout_strength_N"]) <= 0.12
+    assert abs(rel["pullout_strength_N"]) <= 0.05

@@ -253,6 +253,106 @@ def _local_surface(vals: np.ndarray, vert: np.ndarray, h, level: float = SURFACE
     return _reconnect(out, grown & ~out, h, 2.0 * peel_mm)
 
 
+#: :func:`refine_surface`: a voxel of the surface layer is bone when its value lies at least
+#: this fraction of the way from the surrounding soft tissue to the vertebra's typical surface
+#: voxel (the partial-volumed cortex): about half of it is bone of that kind.
+PARTIAL_VOLUME_LEVEL = 0.5
+
+
+def refine_surface(image: Volume, mask: Volume, other_bone=None, level: float = PARTIAL_VOLUME_LEVEL,
+                   smooth_mm: float = 0.5) -> Volume:
+    """One partial-volume surface rule for every vertebra mask, whatever drew it.
+
+    The mask's source (a label map, the automatic identification, a seed point) says *which*
+    bone; the image says *where* its surface lies. The threshold is
+    ``soft + level * (rim - soft)``: ``soft`` the median of the tissue one to two voxels (at
+    least 2-4 mm) outside the mask, ``rim`` the median of the mask's surface voxels (those
+    with a face neighbour outside). In one pass, within one voxel of the given surface:
+
+    * a voxel face-adjacent to the mask that reaches the threshold, and is not
+      ``other_bone``, is added;
+    * a surface voxel below the threshold on the outer flank of the bone (darker than the
+      mean of its face neighbours inside the mask) is removed: partial-volumed soft tissue.
+      Marrow under the cortex, darker than the threshold on a coarse grid, is never reached:
+      the cortex above it stays.
+
+    A label map that keeps the low-density partial-volume rim and a threshold segmentation
+    that drops it (or includes a brighter one) then agree on the surface layer. The
+    threshold is relative: an image in HU and its affine calibration to mg/cm^3 give the
+    same mask, and a uniformly sparser (osteoporotic) vertebra is judged against its own
+    cortex and soft tissue, not a fixed HU value.
+
+    Parameters
+    ----------
+    image : Volume
+        CT in HU or calibrated density (mg/cm^3), on ``mask``'s grid.
+    mask : Volume
+        Vertebra mask.
+    other_bone : ndarray of bool, optional
+        Voxels of other bones (the label map's other labels, the identification's other
+        levels): never added.
+    level : float
+        See :data:`PARTIAL_VOLUME_LEVEL`.
+    smooth_mm : float
+        Gaussian sigma (mm) applied to the image first (noise).
+
+    Returns
+    -------
+    Volume
+        uint8 mask, one 26-connected piece; ``meta["surface_rule"]`` holds the level, the
+        soft-tissue, rim and threshold values (image units), voxels added and removed, and
+        the volume before (ml).
+
+    Raises
+    ------
+    SegmentationError
+        The mask is empty, or no tissue surrounds it.
+    """
+    if not image.same_grid(mask):
+        raise SegmentationError("the vertebra mask is not on the image's grid")
+    m = np.asarray(mask.data) > 0
+    if not m.any():
+        raise SegmentationError("empty vertebra mask")
+    h = np.asarray(image.spacing, float)
+    _, box = crop(mask, m, margin=int(np.ceil(float(np.max(np.maximum(4.0, 2.0 * h) / h)))) + 2)
+    vals = image.data[box].astype(np.float32)
+    if smooth_mm > 0:
+        vals = ndi.gaussian_filter(vals, sigma=smooth_mm / h)
+    vert = m[box]
+    face = ndi.generate_binary_structure(3, 1)
+
+    def within(x, reach_mm):  # within reach_mm of x, and at least one voxel along each axis
+        return ndi.distance_transform_edt(~x, sampling=h / np.maximum(reach_mm, h)) <= 1.0 + 1e-9
+
+    shell = within(vert, np.maximum(4.0, 2.0 * h)) & ~within(vert, np.maximum(2.0, h))
+    if not shell.any():
+        raise SegmentationError("no tissue around the vertebra mask to place its surface against")
+    surface = vert & ~ndi.binary_erosion(vert, face, border_value=0)
+    soft, rim = float(np.median(vals[shell])), float(np.median(vals[surface]))
+    threshold = soft + level * (rim - soft)
+    above = vals >= threshold
+    add = ndi.binary_dilation(vert, face) & ~vert & above
+    if other_bone is not None:
+        add &= ~np.asarray(other_bone, bool)[box]
+    w = face.astype(np.float32)
+    n_in = ndi.convolve(vert.astype(np.float32), w, mode="constant")
+    inward = ndi.convolve(np.where(vert, vals, 0.0).astype(np.float32), w, mode="constant") / np.maximum(n_in, 1.0)
+    grown = vert | add
+    exposed = grown & ~ndi.binary_erosion(grown, face, border_value=0)  # not covered by an added voxel
+    remove = surface & exposed & ~above & (vals < inward)
+    new = grown & ~remove
+    new = _reconnect(new, remove, h, 2.0 * float(np.max(h)))
+    full = np.zeros(m.shape, bool)
+    full[box] = new
+    vox_ml = image.voxel_volume_mm3 / 1000.0
+    out = mask.with_data(full.astype(np.uint8), volume_ml=float(full.sum()) * vox_ml,
+                         surface_rule={"level": level, "soft": soft, "rim": rim, "threshold": threshold,
+                                       "added": int((full & ~m).sum()), "removed": int((m & ~full).sum()),
+                                       "volume_before_ml": float(m.sum()) * vox_ml})
+    out.meta.pop("check", None)
+    return out
+
+
 def _reconnect(mask: np.ndarray, removed: np.ndarray, h, max_mm: float) -> np.ndarray:
     """The largest piece of ``mask``, with the pieces that peeling cut off it (a thin process
     on a faint neck) joined back through the ``removed`` voxels lying between the two, within

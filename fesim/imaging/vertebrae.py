@@ -512,8 +512,11 @@ def _lateral_reach_mm(col: _Column, ws, i, seg) -> tuple:
     return (float(left), float(right), ml_left, ml_right)
 
 
-def isolate_level(volume: Volume, level: str, min_confidence: float = 0.3) -> Volume:
+def isolate_level(volume: Volume, level: str, min_confidence: float = 0.3, with_others: bool = False):
     """The mask of vertebra ``level`` (e.g. ``"L4"``) found by :func:`identify_vertebrae`.
+
+    With ``with_others``, returns ``(mask, others)``: ``others`` (bool array) the voxels of
+    the other levels found (bone the vertebra's surface must not grow into).
 
     Raises
     ------
@@ -536,15 +539,23 @@ def isolate_level(volume: Volume, level: str, min_confidence: float = 0.3) -> Vo
         raise VertebraIdentificationError(
             f"vertebra {name} identified with confidence {lv.confidence:.2f} < {min_confidence:g} "
             "(unclear disc or sacrum); use --labels or --seed-point")
-    return lv.mask
+    if not with_others:
+        return lv.mask
+    others = np.zeros(volume.shape, bool)
+    for other in levels.values():
+        if other is not lv:
+            others |= other.mask.data > 0
+    return lv.mask, others
 
 
-def isolate_at_seed(volume: Volume, seed_lps) -> Volume:
+def isolate_at_seed(volume: Volume, seed_lps, with_others: bool = False):
     """The vertebra containing ``seed_lps`` (LPS mm, a point inside the body), without counting.
 
     Splits the column at its discs as :func:`identify_vertebrae` does and returns the segment
     at the seed; where no column with two discs is found (a single vertebra in view, e.g.
     the phantom), falls back to :func:`fesim.imaging.segmentation.segment_vertebra` at the seed.
+    With ``with_others``, returns ``(mask, others)``: the other segments' voxels (None on the
+    fallback).
     """
     from fesim.imaging.segmentation import segment_vertebra
 
@@ -559,7 +570,7 @@ def isolate_at_seed(volume: Volume, seed_lps) -> Volume:
     if col is None or len(col.discs) < 1:
         mask = segment_vertebra(volume, seed_lps=seed)
         mask.meta.update(identified="seed")
-        return mask
+        return (mask, None) if with_others else mask
     segs = _segments(col)
     ws = _watershed(col, segs)
     lab = _from_canon(ws, col.perm, col.flips)
@@ -573,7 +584,7 @@ def isolate_at_seed(volume: Volume, seed_lps) -> Volume:
     m = largest_component(lab == v)  # without specks cut off by the rim trimming
     out = volume.with_data(m.astype(np.uint8), units="label", kind="mask")
     out.meta.update(identified="seed", volume_ml=float(m.sum()) * volume.voxel_volume_mm3 / 1000.0)
-    return out
+    return (out, (lab > 0) & (lab != v)) if with_others else out
 
 
 # ---------------------------------------------------------------- the check on every mask
