@@ -215,18 +215,19 @@ def test_iterative_secant_path_matches_exact_solves():
 
 
 def test_volume_criterion_near_failure_saves_solves_and_keeps_the_peak():
-    """The volume criterion counts only elements near failure (``tol_changed_from``, default
-    0.6): fewer solves than counting every element (the scheme up to 3b19690), and both peaks
-    within 0.5 % of steps iterated to tolerances ten times tighter."""
+    """The volume criterion counting only elements near failure (``tol_changed_from=0.6``,
+    an option; off by default since it moved one phantom's compression peak by +4.3 %): on
+    this model fewer solves than counting every element, and both peaks within 0.5 % of steps
+    iterated to tolerances ten times tighter."""
     from fesim.analysis.strength import StrengthSettings
 
     mesh, E, nu = _heterogeneous_cylinder()
     case = _uniaxial_case(mesh)
-    assert StrengthSettings().tol_changed_from == 0.6
+    assert StrengthSettings().tol_changed_from == 0.0
     tight = run_strength(mesh, E, nu, case, solver="direct", tol_changed_from=0.0, tol_changed=2e-4,
                          tol_force=5e-4, max_iter=40, stop_early=False)
     every = run_strength(mesh, E, nu, case, solver="direct", tol_changed_from=0.0)
-    near = run_strength(mesh, E, nu, case, solver="direct")
+    near = run_strength(mesh, E, nu, case, solver="direct", tol_changed_from=0.6)
     assert tight.passed_peak and every.passed_peak and near.passed_peak
     assert near.n_solves < every.n_solves
     for res in (every, near):

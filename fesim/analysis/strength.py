@@ -24,8 +24,7 @@ Solution strategy
     current solution (``dF/F = sum(dE_e/E_e U_e) / sum(U_e)``: the potential energy is
     stationary in the free unknowns); the step is converged, without that solve, when the
     prediction is below ``tol_force`` and less than ``tol_changed`` of the bone volume would
-    lose more than ``tol_modulus`` (2 %) of its modulus (counting elements near failure only,
-    ``tol_changed_from``). Every solve reuses the sparsity
+    lose more than ``tol_modulus`` (2 %) of its modulus. Every solve reuses the sparsity
     pattern, updates only the changed elements' entries in place (one compiled pass over
     their nodes' rows), computes the failure measure in one compiled pass from the cached
     barycentric gradients, keeps the preconditioner (its smoother follows the new moduli)
@@ -51,15 +50,15 @@ Solution strategy
       trial commits no damage (the running minimum that keeps damage irreversible starts
       after its solve). It saved no solves on the phantom compression and moved its peak
       by -1.4 % (``benchmarks/RESULTS.md``).
-    * *volume criterion near failure* (``tol_changed_from``, default 0.6): the changed volume
-      that ``tol_changed`` bounds counts only elements whose failure measure has reached 0.6 of
-      the ratio where their stress starts to fall. Moduli of yielded but still perfectly
-      plastic elements change smoothly, and the energy predictor (``tol_force``) accounts for
-      them; where elements fail, stress redistributes in a cascade that the first-order
-      predictor underestimates, and the volume criterion is what holds the peak there. For
-      the three analyses of the phantom: 93 -> 83 solves at 3 mm, 98 -> 88 at 2 mm; real L4
-      at 3 mm: 70 -> 61; peaks within 0.05 % (``benchmarks/RESULTS.md``; 0.8 saved more,
-      93 -> 71 and 98 -> 79, but moved the 2 mm compression peak by +1.1 %).
+    * *volume criterion near failure* (``tol_changed_from``, off): the changed volume that
+      ``tol_changed`` bounds counts only elements whose failure measure has reached this
+      fraction of the ratio where their stress starts to fall, on the argument that yielded,
+      still perfectly plastic elements change their moduli smoothly and the energy predictor
+      accounts for them. At 0.6 it saved 10-13 % of the solves with peaks within 0.05 % on the
+      osteoporotic phantom of ``benchmarks/strength.py`` and the real L4 at 3 mm, but on the
+      default phantom of ``benchmarks/scan.py`` (both screws' mesh, left screw run) it moved
+      the compression peak +4.3 % (8849.6 against 8488.9 N counting every element, and
+      8445.6 N with tolerances ten times tighter): not the default.
     * *adaptive increments* (``max_step_fraction``, ``step_growth``, ``min_step_fraction``,
       off): the increment grows after steps converged with at most one solve and halves
       after hard steps; a coarse step past the peak returns to the step before the peak and
@@ -285,7 +284,7 @@ class StrengthSettings:
     max_iter: int = 10
     tol_changed: float = 2e-3
     tol_force: float = 5e-3
-    tol_changed_from: float = 0.6
+    tol_changed_from: float = 0.0
     tol_modulus: float = 0.02
     stop_drop: float = 0.05
     surrogate_fraction: float = 0.02
